@@ -1,0 +1,1 @@
+//! The `aws-lc` backend: aws-lc-rs.

@@ -1,0 +1,15 @@
+//! kagi (鍵, "key"): a managed keystore modelled on AWS KMS and a TLS-terminating reverse proxy
+//! whose certificate keys live in that keystore, in one binary.
+//!
+//! The library holds everything; `main.rs` only parses the command line and calls [`run`].
+//! See ARCHITECTURE.md for the map of modules and their invariants.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod cli;
+pub mod crypto;
+mod error;
+
+pub use cli::run;
+pub use error::Error;
