@@ -34,9 +34,17 @@ where
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(error) => {
-            let code = if error.use_stderr() { exit_code::USAGE } else { exit_code::OK };
+            let code = if error.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::OK
+            };
             let _ = error.print();
-            return if code == exit_code::OK { Ok(()) } else { Err(Error::new(code, "invalid usage")) };
+            return if code == exit_code::OK {
+                Ok(())
+            } else {
+                Err(Error::new(code, "invalid usage"))
+            };
         }
     };
     match args.command {

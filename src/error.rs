@@ -24,7 +24,10 @@ pub struct Error {
 impl Error {
     /// An error with a message and the exit code the process should end with.
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The process exit code for this error.

@@ -9,7 +9,7 @@
 
 pub mod cli;
 pub mod crypto;
-mod error;
+pub mod error;
 
 pub use cli::run;
 pub use error::Error;

@@ -50,6 +50,12 @@ impl SecretBytes {
         Self::from_slice(&self.0)
     }
 
+    /// Shortens the buffer to `len` bytes (the bytes cut off are wiped with the rest on drop,
+    /// since the whole capacity is zeroized).
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+
     /// Number of bytes held.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -63,7 +69,9 @@ impl SecretBytes {
 
 impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretBytes").field("len", &self.0.len()).finish_non_exhaustive()
+        f.debug_struct("SecretBytes")
+            .field("len", &self.0.len())
+            .finish_non_exhaustive()
     }
 }
 
