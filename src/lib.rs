@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod audit;
 pub mod cli;
 pub mod crypto;
 pub mod error;
+pub mod keystore;
 
 pub use cli::run;
 pub use error::Error;

@@ -1,0 +1,180 @@
+//! Keystore errors: one kind per AWS KMS exception, so the API maps them one to one.
+
+use std::fmt;
+
+/// What went wrong, named after the AWS KMS exception it becomes.
+///
+/// Grouped by who is at fault: the caller (bad input, wrong key state), then the server.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum ErrorKind {
+    // The caller.
+    /// `AlreadyExistsException`: an alias name in use.
+    AlreadyExists,
+    /// `ConflictException`: a concurrent change won, or a rotation is due.
+    Conflict,
+    /// `DisabledException`: the key is disabled.
+    Disabled,
+    /// `ExpiredImportTokenException`.
+    ExpiredImportToken,
+    /// `IncorrectKeyException`: the KeyId given is not the ciphertext's key.
+    IncorrectKey,
+    /// `IncorrectKeyMaterialException`: re-import of different material.
+    IncorrectKeyMaterial,
+    /// `InvalidAliasNameException`.
+    InvalidAliasName,
+    /// `InvalidArnException`.
+    InvalidArn,
+    /// `InvalidCiphertextException`: anything that does not authenticate. Uniform on purpose.
+    InvalidCiphertext,
+    /// `InvalidImportTokenException`.
+    InvalidImportToken,
+    /// `InvalidKeyUsageException`: wrong usage or algorithm for this key.
+    InvalidKeyUsage,
+    /// `InvalidMarkerException`: a pagination marker kagi did not issue.
+    InvalidMarker,
+    /// `KMSInvalidMacException`: a MAC did not verify.
+    InvalidMac,
+    /// `KMSInvalidSignatureException`: a signature did not verify.
+    InvalidSignature,
+    /// `KMSInvalidStateException`: the operation is not allowed in the key's state.
+    InvalidState,
+    /// `LimitExceededException`: a quota (aliases per key, on-demand rotations).
+    LimitExceeded,
+    /// `NotFoundException`: no such key or alias (deleted keys included).
+    NotFound,
+    /// `TagException`: a tag key or value out of bounds.
+    Tag,
+    /// `UnsupportedOperationException`: e.g. rotating an asymmetric key.
+    UnsupportedOperation,
+    /// `ValidationException`: a parameter out of range.
+    Validation,
+    // The server.
+    /// `DependencyTimeoutException`: the store did not answer in time.
+    DependencyTimeout,
+    /// `KMSInternalException`: a failure that is not the caller's (storage, a bug).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The AWS KMS exception name (`__type` on the wire).
+    pub fn aws_name(self) -> &'static str {
+        match self {
+            Self::AlreadyExists => "AlreadyExistsException",
+            Self::Conflict => "ConflictException",
+            Self::Disabled => "DisabledException",
+            Self::ExpiredImportToken => "ExpiredImportTokenException",
+            Self::IncorrectKey => "IncorrectKeyException",
+            Self::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
+            Self::InvalidAliasName => "InvalidAliasNameException",
+            Self::InvalidArn => "InvalidArnException",
+            Self::InvalidCiphertext => "InvalidCiphertextException",
+            Self::InvalidImportToken => "InvalidImportTokenException",
+            Self::InvalidKeyUsage => "InvalidKeyUsageException",
+            Self::InvalidMarker => "InvalidMarkerException",
+            Self::InvalidMac => "KMSInvalidMacException",
+            Self::InvalidSignature => "KMSInvalidSignatureException",
+            Self::InvalidState => "KMSInvalidStateException",
+            Self::LimitExceeded => "LimitExceededException",
+            Self::NotFound => "NotFoundException",
+            Self::Tag => "TagException",
+            Self::UnsupportedOperation => "UnsupportedOperationException",
+            Self::Validation => "ValidationException",
+            Self::DependencyTimeout => "DependencyTimeoutException",
+            Self::Internal => "KMSInternalException",
+        }
+    }
+
+    /// Whether the server, not the caller, is at fault.
+    pub fn is_server_fault(self) -> bool {
+        matches!(self, Self::DependencyTimeout | Self::Internal)
+    }
+}
+
+/// A keystore error: a kind and a message. Messages name keys by ARN and never carry key
+/// material, plaintext or context values.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn not_found(what: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::NotFound, format!("{what} does not exist"))
+    }
+
+    pub(crate) fn validation(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Validation, message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub(crate) fn invalid_ciphertext() -> Self {
+        Self::new(
+            ErrorKind::InvalidCiphertext,
+            "the ciphertext is invalid or does not match",
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.aws_name(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<super::store::StoreError> for Error {
+    fn from(error: super::store::StoreError) -> Self {
+        use super::store::StoreError;
+        match error {
+            StoreError::Conflict => Self::new(
+                ErrorKind::Conflict,
+                "a concurrent change to the key won; retry",
+            ),
+            StoreError::AlreadyExists(what) => {
+                Self::new(ErrorKind::AlreadyExists, format!("{what} already exists"))
+            }
+            StoreError::NotFound(what) => Self::not_found(what),
+            other => Self::internal(format!("storage failed: {other}")),
+        }
+    }
+}
+
+impl From<crate::crypto::Error> for Error {
+    fn from(error: crate::crypto::Error) -> Self {
+        use crate::crypto::Error as E;
+        match error {
+            E::DecryptFailed => Self::invalid_ciphertext(),
+            E::BadSignature => Self::new(ErrorKind::InvalidSignature, "the signature is not valid"),
+            E::InvalidInput(why) => Self::validation(why),
+            E::WrongAlgorithm(alg) => Self::new(
+                ErrorKind::InvalidKeyUsage,
+                format!("{alg} is not valid for this key"),
+            ),
+            E::InvalidKey(why) => Self::validation(why),
+            E::Random | E::Internal(_) => Self::internal(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The root key: seals every version of key material at rest.
+//!
+//! It is a 32-byte file `root.key` (mode 0600) made by `kagi init`, or is derived with
+//! Argon2id from a passphrase in an environment variable and a random salt kept in
+//! `root.salt`. A check value sealed under it (`root.check`) proves at start that the key is the
+//! one the data directory was made with: a wrong or missing root key is a clear error, never a
+//! silent new keystore.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::crypto::{AesKey, CryptoBackend, NONCE_LEN, SecretBytes, TAG_LEN};
+
+use super::error::Error;
+
+const KEY_FILE: &str = "root.key";
+const SALT_FILE: &str = "root.salt";
+const CHECK_FILE: &str = "root.check";
+const CHECK_AAD: &[u8] = b"kagi root key check v1";
+
+/// Where the root key comes from.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum RootKeySource {
+    /// The `root.key` file in the data directory.
+    File,
+    /// A passphrase read from the named environment variable, stretched with Argon2id.
+    Passphrase {
+        /// The environment variable's name.
+        env_var: String,
+    },
+}
+
+/// The root key.
+///
+/// # Security
+/// Held in an [`AesKey`]: zeroized on drop, never printed.
+#[derive(Debug)]
+pub struct RootKey {
+    key: AesKey,
+}
+
+impl RootKey {
+    /// Creates a new root key in `data_dir` (which must not hold one yet).
+    ///
+    /// # Errors
+    /// When the directory already has a root key, or files cannot be written.
+    pub fn create(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        source: &RootKeySource,
+    ) -> Result<Self, Error> {
+        if data_dir.join(CHECK_FILE).exists() {
+            return Err(Error::validation(format!(
+                "{} already holds a keystore (root.check exists)",
+                data_dir.display()
+            )));
+        }
+        fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, &e))?;
+        let key = match source {
+            RootKeySource::File => {
+                let mut bytes = SecretBytes::zeroed(AesKey::LEN);
+                backend.fill_random(bytes.expose_secret_mut())?;
+                write_private(&data_dir.join(KEY_FILE), bytes.expose_secret())?;
+                AesKey::from_slice(bytes.expose_secret())?
+            }
+            RootKeySource::Passphrase { env_var } => {
+                let mut salt = [0u8; 16];
+                backend.fill_random(&mut salt)?;
+                write_private(&data_dir.join(SALT_FILE), &salt)?;
+                derive(env_var, &salt)?
+            }
+        };
+        let root = Self { key };
+        let mut nonce = [0u8; NONCE_LEN];
+        backend.fill_random(&mut nonce)?;
+        let sealed = root.seal_with_nonce(backend, &nonce, CHECK_AAD, b"kagi")?;
+        write_private(&data_dir.join(CHECK_FILE), &sealed)?;
+        Ok(root)
+    }
+
+    /// Loads the root key of `data_dir` and proves it is the right one.
+    ///
+    /// # Errors
+    /// When the directory holds no keystore, the key is missing, or it is the wrong key.
+    pub fn load(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        source: &RootKeySource,
+    ) -> Result<Self, Error> {
+        let check_path = data_dir.join(CHECK_FILE);
+        let check = fs::read(&check_path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                Error::validation(format!(
+                    "{} holds no keystore: run `kagi init --data-dir {}` first",
+                    data_dir.display(),
+                    data_dir.display()
+                ))
+            } else {
+                io_error(&check_path, &error)
+            }
+        })?;
+        let key = match source {
+            RootKeySource::File => {
+                let path = data_dir.join(KEY_FILE);
+                let bytes = SecretBytes::new(fs::read(&path).map_err(|error| {
+                    Error::validation(format!(
+                        "cannot read the root key {}: {error}",
+                        path.display()
+                    ))
+                })?);
+                AesKey::from_slice(bytes.expose_secret()).map_err(|_| {
+                    Error::validation(format!("the root key {} is not 32 bytes", path.display()))
+                })?
+            }
+            RootKeySource::Passphrase { env_var } => {
+                let path = data_dir.join(SALT_FILE);
+                let salt = fs::read(&path).map_err(|e| io_error(&path, &e))?;
+                derive(env_var, &salt)?
+            }
+        };
+        let root = Self { key };
+        root.unseal(backend, CHECK_AAD, &check).map_err(|_| {
+            Error::validation(format!(
+                "the root key does not open the keystore in {} (wrong key file or passphrase)",
+                data_dir.display()
+            ))
+        })?;
+        Ok(root)
+    }
+
+    /// Seals `plaintext` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
+    ///
+    /// # Errors
+    /// Only on crypto failure.
+    pub fn seal(
+        &self,
+        backend: &dyn CryptoBackend,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        backend.fill_random(&mut nonce)?;
+        self.seal_with_nonce(backend, &nonce, aad, plaintext)
+    }
+
+    fn seal_with_nonce(
+        &self,
+        backend: &dyn CryptoBackend,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&backend.seal(&self.key, nonce, aad, plaintext)?);
+        Ok(out)
+    }
+
+    /// Opens what [`RootKey::seal`] made.
+    ///
+    /// # Errors
+    /// [`super::ErrorKind::Internal`] when it does not authenticate: sealed material that fails
+    /// is storage corruption or tampering, never the caller's fault.
+    pub fn unseal(
+        &self,
+        backend: &dyn CryptoBackend,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<SecretBytes, Error> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(Error::internal("sealed key material is truncated"));
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| Error::internal("sealed key material is truncated"))?;
+        backend.open(&self.key, &nonce, aad, body).map_err(|_| {
+            Error::internal("sealed key material does not authenticate under the root key")
+        })
+    }
+
+    /// A keyed fingerprint of imported material (HMAC-SHA256 under a key derived from the root
+    /// key), so a re-import can be checked for being the same material without keeping it.
+    ///
+    /// # Errors
+    /// Only on crypto failure.
+    pub fn fingerprint(
+        &self,
+        backend: &dyn CryptoBackend,
+        material: &[u8],
+    ) -> Result<String, Error> {
+        let mut fingerprint_key = SecretBytes::zeroed(32);
+        backend.hkdf_sha512(
+            b"kagi",
+            self.key.expose_secret(),
+            b"imported material fingerprint v1",
+            fingerprint_key.expose_secret_mut(),
+        )?;
+        let tag = backend.hmac(
+            crate::crypto::MacAlgorithm::HmacSha256,
+            fingerprint_key.expose_secret(),
+            material,
+        )?;
+        Ok(hex::encode(tag))
+    }
+}
+
+fn derive(env_var: &str, salt: &[u8]) -> Result<AesKey, Error> {
+    let passphrase = SecretBytes::new(
+        std::env::var(env_var)
+            .map_err(|_| {
+                Error::validation(format!(
+                    "the root key passphrase variable {env_var} is not set"
+                ))
+            })?
+            .into_bytes(),
+    );
+    if passphrase.is_empty() {
+        return Err(Error::validation(format!(
+            "the root key passphrase in {env_var} is empty"
+        )));
+    }
+    let mut out = SecretBytes::zeroed(AesKey::LEN);
+    // OWASP's recommended Argon2id parameters: 19 MiB, 2 passes, 1 lane.
+    let params = argon2::Params::new(19 * 1024, 2, 1, Some(AesKey::LEN))
+        .map_err(|_| Error::internal("argon2 parameters"))?;
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(passphrase.expose_secret(), salt, out.expose_secret_mut())
+        .map_err(|_| Error::internal("argon2 failed"))?;
+    Ok(AesKey::from_slice(out.expose_secret())?)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| io_error(path, &e))?;
+    file.write_all(bytes).map_err(|e| io_error(path, &e))?;
+    file.sync_all().map_err(|e| io_error(path, &e))
+}
+
+fn io_error(path: &Path, error: &std::io::Error) -> Error {
+    Error::internal(format!("{}: {error}", path.display()))
+}
