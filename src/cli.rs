@@ -1,25 +1,347 @@
-//! The `kagi` command line: clap arguments, kept low level, and the dispatch to the library.
+//! The `kagi` command line: clap arguments, kept low level (exactly what was typed), and the
+//! dispatch to the library.
+//!
+//! Every failure becomes one line on stderr and an exit code from [`crate::error::exit_code`];
+//! a failed command never changes stored keys.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
 
+use crate::audit::JsonLinesSink;
+use crate::crypto::{BackendKind, MacAlgorithm, SigningAlgorithm};
 use crate::error::{Error, exit_code};
+use crate::keystore::clock::{Clock, ManualClock, SystemClock};
+use crate::keystore::operations::{DataKeySize, EncryptionAlgorithm, MessageType};
+use crate::keystore::{
+    self, CreateKeyRequest, EncryptionContext, KeyMetadata, KeySpec, KeyUsage, Keystore, OpContext,
+    Origin, Partition, RootKeySource,
+};
 
 /// kagi: a managed keystore modelled on AWS KMS, and a TLS-terminating reverse proxy.
 #[derive(Debug, Parser)]
 #[command(name = "kagi", version, about)]
 pub struct Args {
+    /// The data directory holding the keystore.
+    #[arg(long, global = true, env = "KAGI_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Derive the root key from a passphrase in this environment variable (Argon2id) instead
+    /// of the root.key file.
+    #[arg(long, global = true, env = "KAGI_ROOT_PASSPHRASE_ENV")]
+    pub root_passphrase_env: Option<String>,
+    /// The crypto backend: aws-lc (default) or rustcrypto.
+    #[arg(long, global = true, default_value = "aws-lc")]
+    pub backend: String,
+    /// Output format for metadata.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Output formats.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
+pub enum Output {
+    /// Aligned text for people.
+    Table,
+    /// JSON in the AWS KMS shapes, for scripts.
+    Json,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Demonstrates the crypto layer on both backends.
+    /// Creates a keystore (root key and database) in the data directory.
+    Init,
+    /// Demonstrates the keystore end to end in a temporary directory.
     Demo,
+    /// Manages keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manages aliases.
+    #[command(subcommand)]
+    Aliases(AliasesCommand),
+    /// Encrypts a file or stdin (≤ 4096 bytes) under a key.
+    Encrypt(EncryptArgs),
+    /// Decrypts a ciphertext blob.
+    Decrypt(DecryptArgs),
+    /// Signs a message (or a digest) with an asymmetric key.
+    Sign(SignArgs),
+    /// Verifies a signature; exits 5 when it does not verify.
+    Verify(VerifyArgs),
+    /// Computes (or with --verify, checks) an HMAC.
+    Mac(MacArgs),
+    /// Generates a data key under a key.
+    DataKey(DataKeyArgs),
+}
+
+/// `kagi keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Creates a key.
+    Create {
+        /// SYMMETRIC_DEFAULT, RSA_2048/3072/4096, ECC_NIST_P256/P384/P521, ECC_SECG_P256K1,
+        /// HMAC_224/256/384/512.
+        #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+        spec: String,
+        /// ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT (default: the
+        /// spec's first).
+        #[arg(long)]
+        usage: Option<String>,
+        /// AWS_KMS (generated) or EXTERNAL (imported later).
+        #[arg(long, default_value = "AWS_KMS")]
+        origin: String,
+        /// A description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A tag, KEY=VALUE (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Lists keys.
+    List,
+    /// Shows a key's metadata.
+    Describe {
+        /// Key id, key ARN, alias name or alias ARN.
+        key: String,
+    },
+    /// Enables a key.
+    Enable {
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Disables a key.
+    Disable {
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Rotates a symmetric key now (RotateKeyOnDemand).
+    Rotate {
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Schedules a key's deletion after 7–30 days.
+    ScheduleDeletion {
+        /// Key id or ARN.
+        key: String,
+        /// The waiting period in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Cancels a scheduled deletion; the key becomes Disabled.
+    CancelDeletion {
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Automatic rotation settings.
+    #[command(subcommand)]
+    Rotation(RotationCommand),
+    /// Adds or replaces tags.
+    Tag {
+        /// Key id or ARN.
+        key: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Removes tags.
+    Untag {
+        /// Key id or ARN.
+        key: String,
+        /// Tag keys.
+        #[arg(required = true)]
+        tag_keys: Vec<String>,
+    },
+    /// Carries out what is due: deletions, automatic rotations, expired imported material.
+    Sweep,
+}
+
+/// `kagi keys rotation …`.
+#[derive(Debug, Subcommand)]
+pub enum RotationCommand {
+    /// Turns automatic rotation on.
+    Enable {
+        /// Key id or ARN.
+        key: String,
+        /// Days between rotations, 90–2560.
+        #[arg(long, default_value_t = 365)]
+        period_days: u32,
+    },
+    /// Turns automatic rotation off.
+    Disable {
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Shows the rotation status.
+    Status {
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Lists the key's versions.
+    List {
+        /// Key id or ARN.
+        key: String,
+    },
+}
+
+/// `kagi aliases …`.
+#[derive(Debug, Subcommand)]
+pub enum AliasesCommand {
+    /// Creates an alias.
+    Create {
+        /// `alias/…`.
+        name: String,
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Points an alias at another key.
+    Update {
+        /// `alias/…`.
+        name: String,
+        /// Key id or ARN.
+        key: String,
+    },
+    /// Deletes an alias.
+    Delete {
+        /// `alias/…`.
+        name: String,
+    },
+    /// Lists aliases.
+    List {
+        /// Only the aliases of this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+/// Input and output files shared by the data commands.
+#[derive(Debug, ClapArgs)]
+pub struct Io {
+    /// Input file (default: stdin).
+    #[arg(long = "in")]
+    pub input: Option<PathBuf>,
+    /// Output file (default: stdout).
+    #[arg(long = "out")]
+    pub output: Option<PathBuf>,
+    /// Read and write base64 text instead of raw bytes (binary side only).
+    #[arg(long)]
+    pub base64: bool,
+}
+
+/// `kagi encrypt`.
+#[derive(Debug, ClapArgs)]
+pub struct EncryptArgs {
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// An encryption context pair, KEY=VALUE (repeatable).
+    #[arg(long = "context")]
+    pub context: Vec<String>,
+    /// SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    pub algorithm: String,
+    /// Files.
+    #[command(flatten)]
+    pub io: Io,
+}
+
+/// `kagi decrypt`.
+#[derive(Debug, ClapArgs)]
+pub struct DecryptArgs {
+    /// The key (optional for symmetric ciphertexts; must match when given).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// An encryption context pair, KEY=VALUE (repeatable).
+    #[arg(long = "context")]
+    pub context: Vec<String>,
+    /// SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// Files.
+    #[command(flatten)]
+    pub io: Io,
+}
+
+/// `kagi sign`.
+#[derive(Debug, ClapArgs)]
+pub struct SignArgs {
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// ECDSA_SHA_256, RSASSA_PSS_SHA_256, RSASSA_PKCS1_V1_5_SHA_256, …
+    #[arg(long)]
+    pub algorithm: String,
+    /// The input is a digest, not the message.
+    #[arg(long)]
+    pub digest: bool,
+    /// Files.
+    #[command(flatten)]
+    pub io: Io,
+}
+
+/// `kagi verify`.
+#[derive(Debug, ClapArgs)]
+pub struct VerifyArgs {
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// The signing algorithm.
+    #[arg(long)]
+    pub algorithm: String,
+    /// The input is a digest, not the message.
+    #[arg(long)]
+    pub digest: bool,
+    /// The signature file (raw, or base64 with --base64).
+    #[arg(long)]
+    pub signature: PathBuf,
+    /// Files.
+    #[command(flatten)]
+    pub io: Io,
+}
+
+/// `kagi mac`.
+#[derive(Debug, ClapArgs)]
+pub struct MacArgs {
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
+    #[arg(long)]
+    pub algorithm: String,
+    /// Check this MAC file instead of printing one; exits 5 when it does not verify.
+    #[arg(long)]
+    pub verify: Option<PathBuf>,
+    /// Files.
+    #[command(flatten)]
+    pub io: Io,
+}
+
+/// `kagi data-key`.
+#[derive(Debug, ClapArgs)]
+pub struct DataKeyArgs {
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// AES_256 or AES_128.
+    #[arg(long, conflicts_with = "bytes")]
+    pub spec: Option<String>,
+    /// Number of bytes, 1–1024.
+    #[arg(long)]
+    pub bytes: Option<u32>,
+    /// An encryption context pair, KEY=VALUE (repeatable).
+    #[arg(long = "context")]
+    pub context: Vec<String>,
+    /// Print only the encrypted data key.
+    #[arg(long)]
+    pub without_plaintext: bool,
 }
 
 /// Parses `args` (the first is the program name) and runs the command.
@@ -34,20 +356,801 @@ where
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(error) => {
-            let code = if error.use_stderr() {
-                exit_code::USAGE
-            } else {
-                exit_code::OK
-            };
+            let usage = error.use_stderr();
             let _ = error.print();
-            return if code == exit_code::OK {
-                Ok(())
+            return if usage {
+                Err(Error::new(exit_code::USAGE, "invalid usage (see --help)"))
             } else {
-                Err(Error::new(code, "invalid usage"))
+                Ok(())
             };
         }
     };
-    match args.command {
-        Command::Demo => Ok(()),
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
+            Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
+        })?;
+    runtime.block_on(dispatch(args))
+}
+
+async fn dispatch(args: Args) -> Result<(), Error> {
+    let backend = BackendKind::from_name(&args.backend)
+        .ok_or_else(|| {
+            Error::new(
+                exit_code::USAGE,
+                format!("unknown backend {:?}: use aws-lc or rustcrypto", args.backend),
+            )
+        })?
+        .backend();
+    let root_source = match &args.root_passphrase_env {
+        Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
+        None => RootKeySource::File,
+    };
+    match &args.command {
+        Command::Init => {
+            Keystore::init(backend, &args.data_dir, &root_source).map_err(keystore_error)?;
+            println!("initialised a keystore in {}", args.data_dir.display());
+            return Ok(());
+        }
+        Command::Demo => return demo(backend).await,
+        _ => {}
     }
+    let keystore = open(backend, &args.data_dir, &root_source)?;
+    let ctx = cli_context(&keystore)?;
+    let out = Printer { output: args.output };
+    match args.command {
+        Command::Init | Command::Demo => Ok(()),
+        Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,
+        Command::Aliases(command) => aliases(&keystore, &ctx, &out, command).await,
+        Command::Encrypt(a) => {
+            let plaintext = read_input(&a.io, false)?;
+            let algorithm = parse_encryption_algorithm(&a.algorithm)?;
+            let output = keystore
+                .encrypt(&ctx, &a.key, &plaintext, &parse_context(&a.context)?, algorithm)
+                .await
+                .map_err(keystore_error)?;
+            write_output(&a.io, &output.ciphertext_blob, true)
+        }
+        Command::Decrypt(a) => {
+            let blob = read_input(&a.io, true)?;
+            let algorithm = a.algorithm.as_deref().map(parse_encryption_algorithm).transpose()?;
+            let output = keystore
+                .decrypt(&ctx, &blob, &parse_context(&a.context)?, a.key.as_deref(), algorithm)
+                .await
+                .map_err(keystore_error)?;
+            write_output(&a.io, output.plaintext.expose_secret(), false)
+        }
+        Command::Sign(a) => {
+            let message = read_input(&a.io, false)?;
+            let (signature, _) = keystore
+                .sign(
+                    &ctx,
+                    &a.key,
+                    &message,
+                    message_type(a.digest),
+                    parse_signing_algorithm(&a.algorithm)?,
+                )
+                .await
+                .map_err(keystore_error)?;
+            write_output(&a.io, &signature, true)
+        }
+        Command::Verify(a) => {
+            let message = read_input(&a.io, false)?;
+            let signature = read_file_maybe_base64(&a.signature, a.io.base64)?;
+            keystore
+                .verify(
+                    &ctx,
+                    &a.key,
+                    &message,
+                    message_type(a.digest),
+                    parse_signing_algorithm(&a.algorithm)?,
+                    &signature,
+                )
+                .await
+                .map_err(keystore_error)?;
+            println!("signature valid");
+            Ok(())
+        }
+        Command::Mac(a) => {
+            let message = read_input(&a.io, false)?;
+            let algorithm = MacAlgorithm::from_kms_name(&a.algorithm)
+                .ok_or_else(|| invalid(format!("unknown MAC algorithm {:?}", a.algorithm)))?;
+            match &a.verify {
+                Some(path) => {
+                    let mac = read_file_maybe_base64(path, a.io.base64)?;
+                    keystore
+                        .verify_mac(&ctx, &a.key, &message, algorithm, &mac)
+                        .await
+                        .map_err(keystore_error)?;
+                    println!("mac valid");
+                    Ok(())
+                }
+                None => {
+                    let (mac, _) = keystore
+                        .generate_mac(&ctx, &a.key, &message, algorithm)
+                        .await
+                        .map_err(keystore_error)?;
+                    write_output(&a.io, &mac, true)
+                }
+            }
+        }
+        Command::DataKey(a) => {
+            let size = match (a.spec.as_deref(), a.bytes) {
+                (Some("AES_256") | None, None) => DataKeySize::Aes256,
+                (Some("AES_128"), None) => DataKeySize::Aes128,
+                (None, Some(n)) => DataKeySize::Bytes(n),
+                (Some(other), _) => {
+                    return Err(invalid(format!(
+                        "unknown data key spec {other:?}: use AES_256 or AES_128"
+                    )));
+                }
+            };
+            let key = keystore
+                .generate_data_key(
+                    &ctx,
+                    &a.key,
+                    size,
+                    &parse_context(&a.context)?,
+                    !a.without_plaintext,
+                )
+                .await
+                .map_err(keystore_error)?;
+            let mut document = json!({
+                "KeyId": key.key_arn,
+                "CiphertextBlob": BASE64.encode(&key.ciphertext_blob),
+            });
+            if let Some(plaintext) = &key.plaintext {
+                // The operator asked for the plaintext data key: printing it is the point.
+                document["Plaintext"] = Value::String(BASE64.encode(plaintext.expose_secret()));
+            }
+            out.document(&document);
+            Ok(())
+        }
+    }
+}
+
+async fn keys(
+    keystore: &Keystore,
+    ctx: &OpContext,
+    out: &Printer,
+    command: KeysCommand,
+) -> Result<(), Error> {
+    match command {
+        KeysCommand::Create { spec, usage, origin, description, tags } => {
+            let request = CreateKeyRequest {
+                spec: KeySpec::from_kms_name(&spec)
+                    .ok_or_else(|| invalid(format!("unknown key spec {spec:?}")))?,
+                usage: usage
+                    .map(|u| {
+                        KeyUsage::from_kms_name(&u)
+                            .ok_or_else(|| invalid(format!("unknown key usage {u:?}")))
+                    })
+                    .transpose()?,
+                origin: Origin::from_kms_name(&origin)
+                    .ok_or_else(|| invalid(format!("unknown origin {origin:?}")))?,
+                description,
+                tags: parse_pairs(&tags, "tag")?,
+                policy: None,
+            };
+            let metadata = keystore.create_key(ctx, request).await.map_err(keystore_error)?;
+            out.metadata(&metadata);
+        }
+        KeysCommand::List => {
+            let mut marker = None;
+            let mut rows = Vec::new();
+            loop {
+                let page = keystore
+                    .list_keys(ctx, Some(1000), marker.as_deref())
+                    .await
+                    .map_err(keystore_error)?;
+                for (id, _) in page.items {
+                    rows.push(keystore.describe_key(ctx, &id).await.map_err(keystore_error)?);
+                }
+                match page.next_marker {
+                    Some(next) => marker = Some(next),
+                    None => break,
+                }
+            }
+            let aliases = all_aliases(keystore, ctx).await?;
+            out.key_list(&rows, &aliases);
+        }
+        KeysCommand::Describe { key } => {
+            let metadata = keystore.describe_key(ctx, &key).await.map_err(keystore_error)?;
+            out.metadata(&metadata);
+        }
+        KeysCommand::Enable { key } => {
+            keystore.enable_key(ctx, &key).await.map_err(keystore_error)?;
+            out.done(&format!("enabled {key}"));
+        }
+        KeysCommand::Disable { key } => {
+            keystore.disable_key(ctx, &key).await.map_err(keystore_error)?;
+            out.done(&format!("disabled {key}"));
+        }
+        KeysCommand::Rotate { key } => {
+            keystore.rotate_key_on_demand(ctx, &key).await.map_err(keystore_error)?;
+            out.done(&format!("rotated {key}"));
+        }
+        KeysCommand::ScheduleDeletion { key, days } => {
+            let schedule = keystore
+                .schedule_key_deletion(ctx, &key, Some(days))
+                .await
+                .map_err(keystore_error)?;
+            out.document(&json!({
+                "KeyId": schedule.key_arn,
+                "DeletionDate": schedule.deletion_date,
+                "KeyState": "PendingDeletion",
+                "PendingWindowInDays": schedule.pending_window_days,
+            }));
+        }
+        KeysCommand::CancelDeletion { key } => {
+            let arn = keystore.cancel_key_deletion(ctx, &key).await.map_err(keystore_error)?;
+            out.done(&format!("cancelled the deletion of {arn}; the key is Disabled"));
+        }
+        KeysCommand::Rotation(command) => match command {
+            RotationCommand::Enable { key, period_days } => {
+                keystore
+                    .enable_key_rotation(ctx, &key, Some(period_days))
+                    .await
+                    .map_err(keystore_error)?;
+                out.done(&format!("automatic rotation of {key} every {period_days} days"));
+            }
+            RotationCommand::Disable { key } => {
+                keystore.disable_key_rotation(ctx, &key).await.map_err(keystore_error)?;
+                out.done(&format!("automatic rotation of {key} disabled"));
+            }
+            RotationCommand::Status { key } => {
+                let status =
+                    keystore.key_rotation_status(ctx, &key).await.map_err(keystore_error)?;
+                let mut document =
+                    json!({"KeyId": status.key_arn, "KeyRotationEnabled": status.enabled});
+                if let Some(days) = status.period_days {
+                    document["RotationPeriodInDays"] = json!(days);
+                }
+                if let Some(next) = status.next_rotation {
+                    document["NextRotationDate"] = json!(next);
+                }
+                out.document(&document);
+            }
+            RotationCommand::List { key } => {
+                let page = keystore
+                    .list_key_rotations(ctx, &key, Some(1000), None)
+                    .await
+                    .map_err(keystore_error)?;
+                let rotations: Vec<Value> = page
+                    .items
+                    .iter()
+                    .map(|entry| {
+                        let v = &entry.version;
+                        let mut row = json!({
+                            "Version": v.version,
+                            "KeyMaterialId": v.material_id,
+                            "KeyMaterialState": serde_json::to_value(v.state).unwrap_or(Value::Null),
+                            "Created": v.created,
+                        });
+                        if let Some(rotation_type) = v.rotation_type {
+                            row["RotationType"] = serde_json::to_value(rotation_type).unwrap_or(Value::Null);
+                        }
+                        if let Some(date) = v.rotation_date {
+                            row["RotationDate"] = json!(date);
+                        }
+                        if entry.imported {
+                            row["ImportState"] = json!(if v.has_material() { "IMPORTED" } else { "PENDING_IMPORT" });
+                            if let Some(valid_to) = v.valid_to {
+                                row["ValidTo"] = json!(valid_to);
+                            }
+                        }
+                        row
+                    })
+                    .collect();
+                out.document(&json!({ "Rotations": rotations }));
+            }
+        },
+        KeysCommand::Tag { key, tags } => {
+            keystore
+                .tag_resource(ctx, &key, &parse_pairs(&tags, "tag")?)
+                .await
+                .map_err(keystore_error)?;
+            out.done(&format!("tagged {key}"));
+        }
+        KeysCommand::Untag { key, tag_keys } => {
+            keystore.untag_resource(ctx, &key, &tag_keys).await.map_err(keystore_error)?;
+            out.done(&format!("untagged {key}"));
+        }
+        KeysCommand::Sweep => {
+            let report = keystore.sweep(ctx).await.map_err(keystore_error)?;
+            out.document(&json!({
+                "Deleted": report.deleted,
+                "Rotated": report.rotated,
+                "Expired": report.expired,
+            }));
+        }
+    }
+    Ok(())
+}
+
+async fn aliases(
+    keystore: &Keystore,
+    ctx: &OpContext,
+    out: &Printer,
+    command: AliasesCommand,
+) -> Result<(), Error> {
+    match command {
+        AliasesCommand::Create { name, key } => {
+            keystore.create_alias(ctx, &name, &key).await.map_err(keystore_error)?;
+            out.done(&format!("created {name}"));
+        }
+        AliasesCommand::Update { name, key } => {
+            keystore.update_alias(ctx, &name, &key).await.map_err(keystore_error)?;
+            out.done(&format!("pointed {name} at {key}"));
+        }
+        AliasesCommand::Delete { name } => {
+            keystore.delete_alias(ctx, &name).await.map_err(keystore_error)?;
+            out.done(&format!("deleted {name}"));
+        }
+        AliasesCommand::List { key } => {
+            let page = keystore
+                .list_aliases(ctx, key.as_deref(), Some(100), None)
+                .await
+                .map_err(keystore_error)?;
+            let mut items = page.items;
+            let mut marker = page.next_marker;
+            while let Some(next) = marker {
+                let page = keystore
+                    .list_aliases(ctx, key.as_deref(), Some(100), Some(&next))
+                    .await
+                    .map_err(keystore_error)?;
+                items.extend(page.items);
+                marker = page.next_marker;
+            }
+            let rows: Vec<Value> = items
+                .iter()
+                .map(|a| json!({"AliasName": a.name, "AliasArn": a.arn, "TargetKeyId": a.target_key_id}))
+                .collect();
+            match out.output {
+                Output::Json => out.document(&json!({ "Aliases": rows })),
+                Output::Table => {
+                    for alias in &items {
+                        println!("{:<40} {}", alias.name, alias.target_key_id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn all_aliases(
+    keystore: &Keystore,
+    ctx: &OpContext,
+) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let page = keystore
+            .list_aliases(ctx, None, Some(100), marker.as_deref())
+            .await
+            .map_err(keystore_error)?;
+        for alias in page.items {
+            by_key.entry(alias.target_key_id).or_default().push(alias.name);
+        }
+        match page.next_marker {
+            Some(next) => marker = Some(next),
+            None => return Ok(by_key),
+        }
+    }
+}
+
+/// The keystore demonstration: a temporary data directory, one key of each family, each
+/// operation once, printed as it goes.
+async fn demo(backend: &'static dyn crate::crypto::CryptoBackend) -> Result<(), Error> {
+    let dir = std::env::temp_dir().join(format!("kagi-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = demo_in(backend, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn demo_in(
+    backend: &'static dyn crate::crypto::CryptoBackend,
+    dir: &Path,
+) -> Result<(), Error> {
+    println!("kagi demo: a keystore in {} on the {} backend", dir.display(), backend.kind());
+    Keystore::init(backend, dir, &RootKeySource::File).map_err(keystore_error)?;
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let audit = Arc::new(
+        JsonLinesSink::open(&dir.join("audit.log"))
+            .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
+    );
+    let keystore = Keystore::open(
+        backend,
+        dir,
+        &RootKeySource::File,
+        clock.clone(),
+        audit,
+        Partition::default(),
+    )
+    .map_err(keystore_error)?;
+    let ctx =
+        OpContext { principal: "demo".into(), source: "cli".into(), request_id: "demo".into() };
+    let step = |what: &str| println!("\n== {what}");
+
+    step("CreateKey SYMMETRIC_DEFAULT, alias/demo");
+    let key =
+        keystore.create_key(&ctx, CreateKeyRequest::default()).await.map_err(keystore_error)?;
+    keystore.create_alias(&ctx, "alias/demo", &key.record.id).await.map_err(keystore_error)?;
+    println!("{}  state={}", key.arn, key.record.state);
+
+    step("Encrypt \"hello, kagi\" with context tenant=acme");
+    let mut context = EncryptionContext::new();
+    context.insert("tenant".into(), "acme".into());
+    let blob = keystore
+        .encrypt(
+            &ctx,
+            "alias/demo",
+            b"hello, kagi",
+            &context,
+            EncryptionAlgorithm::SymmetricDefault,
+        )
+        .await
+        .map_err(keystore_error)?
+        .ciphertext_blob;
+    println!("ciphertext blob: {} bytes, {}…", blob.len(), &BASE64.encode(&blob)[..24]);
+    let plaintext = keystore
+        .decrypt(&ctx, &blob, &context, None, None)
+        .await
+        .map_err(keystore_error)?
+        .plaintext;
+    println!(
+        "Decrypt with the same context: {:?}",
+        String::from_utf8_lossy(plaintext.expose_secret())
+    );
+    let mut wrong = EncryptionContext::new();
+    wrong.insert("tenant".into(), "globex".into());
+    let refused = keystore.decrypt(&ctx, &blob, &wrong, None, None).await;
+    println!(
+        "Decrypt with tenant=globex: {}",
+        refused.err().map_or("unexpectedly succeeded".into(), |e| e.to_string())
+    );
+
+    step("RotateKeyOnDemand, then decrypt the old ciphertext");
+    keystore.rotate_key_on_demand(&ctx, &key.record.id).await.map_err(keystore_error)?;
+    let again =
+        keystore.decrypt(&ctx, &blob, &context, None, None).await.map_err(keystore_error)?;
+    println!(
+        "old ciphertext still decrypts after rotation (material {})",
+        again.key_material_id.unwrap_or_default()
+    );
+
+    step("GenerateDataKey AES_256");
+    let data_key = keystore
+        .generate_data_key(&ctx, "alias/demo", DataKeySize::Aes256, &context, true)
+        .await
+        .map_err(keystore_error)?;
+    println!(
+        "data key: {} plaintext bytes, {} ciphertext bytes",
+        data_key.plaintext.map_or(0, |p| p.len()),
+        data_key.ciphertext_blob.len()
+    );
+
+    step("CreateKey ECC_NIST_P256 SIGN_VERIFY, Sign and Verify");
+    let signing = keystore
+        .create_key(
+            &ctx,
+            CreateKeyRequest { spec: KeySpec::EccNistP256, ..CreateKeyRequest::default() },
+        )
+        .await
+        .map_err(keystore_error)?;
+    let (signature, _) = keystore
+        .sign(
+            &ctx,
+            &signing.record.id,
+            b"release 1.0",
+            MessageType::Raw,
+            SigningAlgorithm::EcdsaSha256,
+        )
+        .await
+        .map_err(keystore_error)?;
+    keystore
+        .verify(
+            &ctx,
+            &signing.record.id,
+            b"release 1.0",
+            MessageType::Raw,
+            SigningAlgorithm::EcdsaSha256,
+            &signature,
+        )
+        .await
+        .map_err(keystore_error)?;
+    println!("ECDSA signature of {} bytes verifies", signature.len());
+
+    step("CreateKey HMAC_256, GenerateMac");
+    let hmac = keystore
+        .create_key(
+            &ctx,
+            CreateKeyRequest { spec: KeySpec::Hmac256, ..CreateKeyRequest::default() },
+        )
+        .await
+        .map_err(keystore_error)?;
+    let (mac, _) = keystore
+        .generate_mac(&ctx, &hmac.record.id, b"message", MacAlgorithm::HmacSha256)
+        .await
+        .map_err(keystore_error)?;
+    println!("HMAC-SHA-256: {}", hex::encode(&mac));
+
+    step("DisableKey, then Encrypt is refused");
+    keystore.disable_key(&ctx, &key.record.id).await.map_err(keystore_error)?;
+    let refused = keystore
+        .encrypt(&ctx, "alias/demo", b"x", &context, EncryptionAlgorithm::SymmetricDefault)
+        .await;
+    println!("{}", refused.err().map_or("unexpectedly succeeded".into(), |e| e.to_string()));
+
+    step("ScheduleKeyDeletion (7 days), move time 8 days on, sweep");
+    keystore.schedule_key_deletion(&ctx, &key.record.id, Some(7)).await.map_err(keystore_error)?;
+    clock.advance(8 * 86_400);
+    let report = keystore.sweep(&ctx).await.map_err(keystore_error)?;
+    println!("deleted: {:?}", report.deleted);
+    let gone = keystore.describe_key(&ctx, &key.record.id).await;
+    println!(
+        "DescribeKey now: {}",
+        gone.err().map_or("unexpectedly succeeded".into(), |e| e.to_string())
+    );
+
+    println!("\nThe audit trail has one line per operation: {}", dir.join("audit.log").display());
+    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
+    println!(
+        "{} audit lines; the last: {}",
+        audit.lines().count(),
+        audit.lines().last().unwrap_or("")
+    );
+    Ok(())
+}
+
+// === plumbing ===
+
+fn open(
+    backend: &'static dyn crate::crypto::CryptoBackend,
+    data_dir: &Path,
+    root_source: &RootKeySource,
+) -> Result<Keystore, Error> {
+    let audit = JsonLinesSink::open(&data_dir.join("audit.log"));
+    // Open the keystore first: a directory without a keystore is the error to report.
+    let clock: Arc<dyn Clock> =
+        match std::env::var("KAGI_FAKE_NOW") {
+            // Testing hook: pin the clock (epoch seconds) so tests can move time past deletion
+            // windows, rotation periods and expiry without sleeping.
+            Ok(now) => Arc::new(ManualClock::new(now.parse().map_err(|_| {
+                Error::new(exit_code::USAGE, "KAGI_FAKE_NOW must be epoch seconds")
+            })?)),
+            Err(_) => Arc::new(SystemClock),
+        };
+    if !data_dir.join("root.check").exists() {
+        return Err(Error::new(
+            exit_code::STORAGE,
+            format!(
+                "{} holds no keystore: run `kagi init --data-dir {}` first",
+                data_dir.display(),
+                data_dir.display()
+            ),
+        ));
+    }
+    let audit = Arc::new(audit.map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?);
+    Keystore::open(backend, data_dir, root_source, clock, audit, Partition::default())
+        .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
+}
+
+fn cli_context(keystore: &Keystore) -> Result<OpContext, Error> {
+    let principal = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    Ok(OpContext {
+        principal: format!("cli:{principal}"),
+        source: "cli".into(),
+        request_id: keystore.new_uuid().map_err(keystore_error)?,
+    })
+}
+
+/// Maps a keystore error to its exit code (documented in README.md).
+fn keystore_error(error: keystore::Error) -> Error {
+    use keystore::ErrorKind as K;
+    let code = match error.kind() {
+        K::NotFound => exit_code::NOT_FOUND,
+        K::Disabled | K::InvalidState | K::Conflict => exit_code::KEY_STATE,
+        K::InvalidCiphertext | K::InvalidSignature | K::InvalidMac | K::IncorrectKey => {
+            exit_code::REJECTED
+        }
+        K::DependencyTimeout | K::Internal => exit_code::FAILURE,
+        _ => exit_code::INVALID,
+    };
+    Error::new(code, error.to_string())
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(exit_code::INVALID, message)
+}
+
+fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>, Error> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| invalid(format!("{what} {pair:?} is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn parse_context(pairs: &[String]) -> Result<EncryptionContext, Error> {
+    parse_pairs(pairs, "context pair")
+}
+
+fn parse_encryption_algorithm(name: &str) -> Result<EncryptionAlgorithm, Error> {
+    EncryptionAlgorithm::from_kms_name(name)
+        .ok_or_else(|| invalid(format!("unknown encryption algorithm {name:?}")))
+}
+
+fn parse_signing_algorithm(name: &str) -> Result<SigningAlgorithm, Error> {
+    SigningAlgorithm::from_kms_name(name)
+        .ok_or_else(|| invalid(format!("unknown signing algorithm {name:?}")))
+}
+
+fn message_type(digest: bool) -> MessageType {
+    if digest { MessageType::Digest } else { MessageType::Raw }
+}
+
+/// Reads the input; `binary` inputs are decoded from base64 when `--base64` is given.
+fn read_input(io: &Io, binary: bool) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    match &io.input {
+        Some(path) => {
+            bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        }
+        None => {
+            std::io::stdin().read_to_end(&mut bytes).map_err(|e| invalid(format!("stdin: {e}")))?;
+        }
+    }
+    if binary && io.base64 { decode_base64(&bytes) } else { Ok(bytes) }
+}
+
+fn read_file_maybe_base64(path: &Path, base64: bool) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    if base64 { decode_base64(&bytes) } else { Ok(bytes) }
+}
+
+fn decode_base64(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let text: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    BASE64.decode(text).map_err(|_| invalid("the input is not valid base64"))
+}
+
+/// Writes the output; `binary` outputs are encoded as base64 when `--base64` is given.
+fn write_output(io: &Io, bytes: &[u8], binary: bool) -> Result<(), Error> {
+    let encoded;
+    let bytes = if binary && io.base64 {
+        encoded = format!("{}\n", BASE64.encode(bytes));
+        encoded.as_bytes()
+    } else {
+        bytes
+    };
+    match &io.output {
+        Some(path) => std::fs::write(path, bytes)
+            .map_err(|e| Error::new(exit_code::FAILURE, format!("{}: {e}", path.display()))),
+        None => std::io::stdout()
+            .write_all(bytes)
+            .and_then(|()| std::io::stdout().flush())
+            .map_err(|e| Error::new(exit_code::FAILURE, format!("stdout: {e}"))),
+    }
+}
+
+struct Printer {
+    output: Output,
+}
+
+impl Printer {
+    fn document(&self, document: &Value) {
+        match self.output {
+            Output::Json => println!("{document}"),
+            Output::Table => {
+                if let Value::Object(map) = document {
+                    for (key, value) in map {
+                        let shown = match value {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        println!("{key:<22} {shown}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn done(&self, message: &str) {
+        match self.output {
+            Output::Json => println!("{}", json!({ "Result": message })),
+            Output::Table => println!("{message}"),
+        }
+    }
+
+    fn metadata(&self, metadata: &KeyMetadata) {
+        self.document(&metadata_json(metadata));
+    }
+
+    fn key_list(&self, keys: &[KeyMetadata], aliases: &BTreeMap<String, Vec<String>>) {
+        match self.output {
+            Output::Json => {
+                let rows: Vec<Value> = keys.iter().map(metadata_json).collect();
+                println!("{}", json!({ "Keys": rows }));
+            }
+            Output::Table => {
+                println!(
+                    "{:<36}  {:<17}  {:<19}  {:<15}  ALIASES",
+                    "KEY ID", "SPEC", "USAGE", "STATE"
+                );
+                for key in keys {
+                    let r = &key.record;
+                    let names = aliases.get(&r.id).map(|n| n.join(",")).unwrap_or_default();
+                    println!(
+                        "{:<36}  {:<17}  {:<19}  {:<15}  {names}",
+                        r.id,
+                        r.spec.kms_name(),
+                        r.usage.kms_name(),
+                        r.state.kms_name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// KeyMetadata in the AWS shape (the API issue reuses the field names).
+fn metadata_json(metadata: &KeyMetadata) -> Value {
+    let r = &metadata.record;
+    let mut document = json!({
+        "KeyId": r.id,
+        "Arn": metadata.arn,
+        "AWSAccountId": metadata.account,
+        "CreationDate": r.created,
+        "Enabled": r.state == keystore::KeyState::Enabled,
+        "Description": r.description,
+        "KeyUsage": r.usage.kms_name(),
+        "KeyState": r.state.kms_name(),
+        "Origin": r.origin.kms_name(),
+        "KeyManager": "CUSTOMER",
+        "KeySpec": r.spec.kms_name(),
+    });
+    if let Some(date) = r.deletion_date {
+        document["DeletionDate"] = json!(date);
+        document["PendingDeletionWindowInDays"] = json!(r.pending_window_days);
+    }
+    if let Some(id) = &metadata.current_material_id {
+        document["CurrentKeyMaterialId"] = json!(id);
+    }
+    if r.origin == Origin::External {
+        document["ExpirationModel"] = json!(if metadata.valid_to.is_some() {
+            "KEY_MATERIAL_EXPIRES"
+        } else {
+            "KEY_MATERIAL_DOES_NOT_EXPIRE"
+        });
+        if let Some(valid_to) = metadata.valid_to {
+            document["ValidTo"] = json!(valid_to);
+        }
+    }
+    match (r.spec.key_pair_spec(), r.usage) {
+        (Some(pair), KeyUsage::SignVerify) => {
+            document["SigningAlgorithms"] =
+                json!(pair.signing_algorithms().iter().map(|a| a.kms_name()).collect::<Vec<_>>());
+        }
+        (_, KeyUsage::KeyAgreement) => document["KeyAgreementAlgorithms"] = json!(["ECDH"]),
+        (_, KeyUsage::GenerateVerifyMac) => {
+            document["MacAlgorithms"] =
+                json!(r.spec.mac_algorithm().map(|a| vec![a.kms_name()]).unwrap_or_default());
+        }
+        _ => {
+            document["EncryptionAlgorithms"] = json!(
+                EncryptionAlgorithm::for_key(r.spec, r.usage)
+                    .iter()
+                    .map(|a| a.kms_name())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    if !r.tags.is_empty() {
+        document["Tags"] = json!(r.tags);
+    }
+    document
 }

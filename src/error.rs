@@ -12,6 +12,19 @@ pub mod exit_code {
     pub const FAILURE: u8 = 1;
     /// The command line was wrong (clap uses 2 too).
     pub const USAGE: u8 = 2;
+    /// The key, alias or other resource does not exist (NotFoundException).
+    pub const NOT_FOUND: u8 = 3;
+    /// The key's state forbids the operation (DisabledException, KMSInvalidStateException,
+    /// ConflictException).
+    pub const KEY_STATE: u8 = 4;
+    /// A ciphertext, signature or MAC was rejected (InvalidCiphertextException,
+    /// KMSInvalidSignatureException, KMSInvalidMacException, IncorrectKeyException).
+    pub const REJECTED: u8 = 5;
+    /// An argument or input is invalid (ValidationException, InvalidKeyUsageException, …).
+    pub const INVALID: u8 = 6;
+    /// The data directory holds no keystore, the root key is wrong, or the database failed to
+    /// open.
+    pub const STORAGE: u8 = 7;
 }
 
 /// An error that ends a `kagi` command.
@@ -24,10 +37,7 @@ pub struct Error {
 impl Error {
     /// An error with a message and the exit code the process should end with.
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// The process exit code for this error.

@@ -91,10 +91,7 @@ impl JsonLinesSink {
         let file = options
             .open(path)
             .map_err(|error| AuditError(format!("{}: {error}", path.display())))?;
-        Ok(Self {
-            path: path.to_owned(),
-            file: Mutex::new(file),
-        })
+        Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
     }
 }
 
@@ -102,10 +99,7 @@ impl AuditSink for JsonLinesSink {
     fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let mut line = serde_json::to_vec(event).map_err(|error| AuditError(error.to_string()))?;
         line.push(b'\n');
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         file.write_all(&line)
             .and_then(|()| file.sync_data())
             .map_err(|error| AuditError(format!("{}: {error}", self.path.display())))

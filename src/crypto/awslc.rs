@@ -96,9 +96,7 @@ impl CryptoBackend for AwsLc {
             }
         }
         if out.len() > 255 * 64 {
-            return Err(Error::InvalidInput(
-                "hkdf-sha512 output longer than 255 blocks",
-            ));
+            return Err(Error::InvalidInput("hkdf-sha512 output longer than 255 blocks"));
         }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, salt).extract(ikm);
         let info = [info];
@@ -136,20 +134,14 @@ impl CryptoBackend for AwsLc {
                     .public_key()
                     .as_der()
                     .map_err(|_| Error::Internal("ec public key encoding failed"))?;
-                PrivateInner::Ec {
-                    curve,
-                    key,
-                    public_der: public.as_ref().to_vec(),
-                }
+                PrivateInner::Ec { curve, key, public_der: public.as_ref().to_vec() }
             }
             None => {
                 let key = rsa::KeyPair::from_pkcs8(pkcs8)
                     .map_err(|_| Error::InvalidKey("not a pkcs#8 rsa private key"))?;
                 let bits = key.public_modulus_len() * 8;
                 if Some(bits) != spec.rsa_bits() {
-                    return Err(Error::InvalidKey(
-                        "rsa modulus size does not match the key spec",
-                    ));
+                    return Err(Error::InvalidKey("rsa modulus size does not match the key spec"));
                 }
                 let decrypting = rsa::PrivateDecryptingKey::from_pkcs8(pkcs8)
                     .map_err(|_| Error::InvalidKey("not a pkcs#8 rsa private key"))
@@ -161,18 +153,10 @@ impl CryptoBackend for AwsLc {
                     .public_key()
                     .as_der()
                     .map_err(|_| Error::Internal("rsa public key encoding failed"))?;
-                PrivateInner::Rsa {
-                    key,
-                    decrypting,
-                    public_der: public.as_ref().to_vec(),
-                }
+                PrivateInner::Rsa { key, decrypting, public_der: public.as_ref().to_vec() }
             }
         };
-        Ok(Box::new(AwsLcPrivateKey {
-            spec,
-            pkcs8: SecretBytes::from_slice(pkcs8),
-            inner,
-        }))
+        Ok(Box::new(AwsLcPrivateKey { spec, pkcs8: SecretBytes::from_slice(pkcs8), inner }))
     }
 
     fn load_public_key(&self, spec: KeyPairSpec, spki: &[u8]) -> Result<Box<dyn PublicKey>> {
@@ -191,20 +175,14 @@ impl CryptoBackend for AwsLc {
                 let key = rsa::PublicEncryptingKey::from_der(spki)
                     .map_err(|_| Error::InvalidKey("not an rsa public key"))?;
                 if Some(key.key_size_bits()) != spec.rsa_bits() {
-                    return Err(Error::InvalidKey(
-                        "rsa modulus size does not match the key spec",
-                    ));
+                    return Err(Error::InvalidKey("rsa modulus size does not match the key spec"));
                 }
                 let encrypting = rsa::OaepPublicEncryptingKey::new(key)
                     .map_err(|_| Error::InvalidKey("not an rsa public key"))?;
                 PublicInner::Rsa { encrypting }
             }
         };
-        Ok(Box::new(AwsLcPublicKey {
-            spec,
-            spki: spki.to_vec(),
-            inner,
-        }))
+        Ok(Box::new(AwsLcPublicKey { spec, spki: spki.to_vec(), inner }))
     }
 }
 
@@ -219,23 +197,13 @@ struct AwsLcPrivateKey {
 }
 
 enum PrivateInner {
-    Ec {
-        curve: EcCurve,
-        key: signature::EcdsaKeyPair,
-        public_der: Vec<u8>,
-    },
-    Rsa {
-        key: rsa::KeyPair,
-        decrypting: rsa::OaepPrivateDecryptingKey,
-        public_der: Vec<u8>,
-    },
+    Ec { curve: EcCurve, key: signature::EcdsaKeyPair, public_der: Vec<u8> },
+    Rsa { key: rsa::KeyPair, decrypting: rsa::OaepPrivateDecryptingKey, public_der: Vec<u8> },
 }
 
 impl fmt::Debug for AwsLcPrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsLcPrivateKey")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
+        f.debug_struct("AwsLcPrivateKey").field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
@@ -276,12 +244,9 @@ impl PrivateKey for AwsLcPrivateKey {
                 let encoding = rsa_encoding(algorithm);
                 let mut signature = vec![0; key.public_modulus_len()];
                 match input {
-                    SignInput::Message(message) => key.sign(
-                        encoding,
-                        &rand::SystemRandom::new(),
-                        message,
-                        &mut signature,
-                    ),
+                    SignInput::Message(message) => {
+                        key.sign(encoding, &rand::SystemRandom::new(), message, &mut signature)
+                    }
                     SignInput::Digest(digest) => key.sign_digest(
                         encoding,
                         &import_digest(algorithm, digest)?,
@@ -300,12 +265,7 @@ impl PrivateKey for AwsLcPrivateKey {
         };
         let mut out = SecretBytes::zeroed(decrypting.min_output_size());
         let len = decrypting
-            .decrypt(
-                oaep_algorithm(hash),
-                ciphertext,
-                out.expose_secret_mut(),
-                None,
-            )
+            .decrypt(oaep_algorithm(hash), ciphertext, out.expose_secret_mut(), None)
             .map_err(|_| Error::DecryptFailed)?
             .len();
         Ok(SecretBytes::from_slice(&out.expose_secret()[..len]))
@@ -317,9 +277,7 @@ impl PrivateKey for AwsLcPrivateKey {
             _ => return Err(Error::WrongAlgorithm("ECDH")),
         };
         if !is_spki(peer_spki) {
-            return Err(Error::InvalidKey(
-                "peer key is not a der subjectpublickeyinfo",
-            ));
+            return Err(Error::InvalidKey("peer key is not a der subjectpublickeyinfo"));
         }
         let algorithm = ecdh_algorithm(curve);
         let private =
@@ -344,19 +302,13 @@ struct AwsLcPublicKey {
 }
 
 enum PublicInner {
-    Ec {
-        parsed: signature::ParsedPublicKey,
-    },
-    Rsa {
-        encrypting: rsa::OaepPublicEncryptingKey,
-    },
+    Ec { parsed: signature::ParsedPublicKey },
+    Rsa { encrypting: rsa::OaepPublicEncryptingKey },
 }
 
 impl fmt::Debug for AwsLcPublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsLcPublicKey")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
+        f.debug_struct("AwsLcPublicKey").field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
@@ -401,9 +353,7 @@ impl PublicKey for AwsLcPublicKey {
         };
         let algorithm = oaep_algorithm(hash);
         if plaintext.len() > encrypting.max_plaintext_size(algorithm) {
-            return Err(Error::InvalidInput(
-                "plaintext too long for rsa-oaep with this key",
-            ));
+            return Err(Error::InvalidInput("plaintext too long for rsa-oaep with this key"));
         }
         let mut out = vec![0; encrypting.ciphertext_size()];
         let len = encrypting
@@ -498,9 +448,8 @@ fn import_digest(algorithm: SigningAlgorithm, digest: &[u8]) -> Result<digest::D
 }
 
 fn pkcs8_of(key: &rsa::KeyPair) -> Result<Vec<u8>> {
-    let document: Pkcs8V1Der<'static> = key
-        .as_der()
-        .map_err(|_| Error::Internal("rsa pkcs#8 encoding failed"))?;
+    let document: Pkcs8V1Der<'static> =
+        key.as_der().map_err(|_| Error::Internal("rsa pkcs#8 encoding failed"))?;
     Ok(document.as_ref().to_vec())
 }
 
@@ -515,10 +464,6 @@ fn is_spki(der: &[u8]) -> bool {
     let Some((&len_byte, rest)) = rest.split_first() else {
         return false;
     };
-    let skip = if len_byte & 0x80 == 0 {
-        0
-    } else {
-        usize::from(len_byte & 0x7f)
-    };
+    let skip = if len_byte & 0x80 == 0 { 0 } else { usize::from(len_byte & 0x7f) };
     rest.get(skip) == Some(&0x30)
 }

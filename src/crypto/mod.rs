@@ -280,9 +280,9 @@ pub trait PublicKey: Send + Sync + fmt::Debug {
 /// Checks that `input`, when it is a digest, has the length of `algorithm`'s hash.
 pub(crate) fn check_digest_len(algorithm: SigningAlgorithm, input: SignInput<'_>) -> Result<()> {
     match input {
-        SignInput::Digest(digest) if digest.len() != algorithm.digest_len() => Err(
-            Error::InvalidInput("digest length does not match the signing algorithm"),
-        ),
+        SignInput::Digest(digest) if digest.len() != algorithm.digest_len() => {
+            Err(Error::InvalidInput("digest length does not match the signing algorithm"))
+        }
         _ => Ok(()),
     }
 }

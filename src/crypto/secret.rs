@@ -69,9 +69,7 @@ impl SecretBytes {
 
 impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretBytes")
-            .field("len", &self.0.len())
-            .finish_non_exhaustive()
+        f.debug_struct("SecretBytes").field("len", &self.0.len()).finish_non_exhaustive()
     }
 }
 

@@ -124,8 +124,7 @@ impl KeyPairSpec {
 
     /// The largest OAEP plaintext for this key and hash (RFC 8017: k − 2·hLen − 2), for RSA.
     pub fn max_oaep_plaintext(self, hash: OaepHash) -> Option<usize> {
-        self.rsa_bits()
-            .map(|bits| bits / 8 - 2 * hash.digest_len() - 2)
+        self.rsa_bits().map(|bits| bits / 8 - 2 * hash.digest_len() - 2)
     }
 }
 
@@ -203,18 +202,12 @@ impl SigningAlgorithm {
 
     /// Whether this is an RSASSA-PSS algorithm.
     pub fn is_pss(self) -> bool {
-        matches!(
-            self,
-            Self::RsassaPssSha256 | Self::RsassaPssSha384 | Self::RsassaPssSha512
-        )
+        matches!(self, Self::RsassaPssSha256 | Self::RsassaPssSha384 | Self::RsassaPssSha512)
     }
 
     /// Whether this is an ECDSA algorithm.
     pub fn is_ecdsa(self) -> bool {
-        matches!(
-            self,
-            Self::EcdsaSha256 | Self::EcdsaSha384 | Self::EcdsaSha512
-        )
+        matches!(self, Self::EcdsaSha256 | Self::EcdsaSha384 | Self::EcdsaSha512)
     }
 
     /// Whether this algorithm may be used with a key of `spec`.
@@ -271,12 +264,8 @@ pub enum MacAlgorithm {
 
 impl MacAlgorithm {
     /// Every algorithm, in KMS order.
-    pub const ALL: [Self; 4] = [
-        Self::HmacSha224,
-        Self::HmacSha256,
-        Self::HmacSha384,
-        Self::HmacSha512,
-    ];
+    pub const ALL: [Self; 4] =
+        [Self::HmacSha224, Self::HmacSha256, Self::HmacSha384, Self::HmacSha512];
 
     /// The AWS KMS name.
     pub fn kms_name(self) -> &'static str {

@@ -73,14 +73,7 @@ impl BlobHeader {
         let key_id = header[1..17].try_into().ok()?;
         let version = u32::from_be_bytes(header[17..21].try_into().ok()?);
         let nonce = header[21..33].try_into().ok()?;
-        Some((
-            Self {
-                key_id,
-                version,
-                nonce,
-            },
-            body,
-        ))
+        Some((Self { key_id, version, nonce }, body))
     }
 }
 
@@ -129,10 +122,7 @@ mod tests {
     use super::*;
 
     fn context(pairs: &[(&str, &str)]) -> EncryptionContext {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -162,20 +152,13 @@ mod tests {
     fn context_encoding_matches_the_encryption_sdk() {
         // framework/structures.md: count, then sorted key/value pairs with u16 lengths.
         let encoded = encode_context(&context(&[("b", "2"), ("a", "1")]));
-        assert_eq!(
-            encoded,
-            [0, 2, 0, 1, b'a', 0, 1, b'1', 0, 1, b'b', 0, 1, b'2']
-        );
+        assert_eq!(encoded, [0, 2, 0, 1, b'a', 0, 1, b'1', 0, 1, b'b', 0, 1, b'2']);
         assert!(encode_context(&EncryptionContext::new()).is_empty());
     }
 
     #[test]
     fn header_round_trips() {
-        let header = BlobHeader {
-            key_id: [7; 16],
-            version: 258,
-            nonce: [9; 12],
-        };
+        let header = BlobHeader { key_id: [7; 16], version: 258, nonce: [9; 12] };
         let mut blob = header.encode().to_vec();
         blob.extend_from_slice(&[0; TAG_LEN]);
         let (decoded, body) = BlobHeader::decode(&blob).expect("decodes");

@@ -101,10 +101,7 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 
     /// The kind.
@@ -130,10 +127,7 @@ impl Error {
     }
 
     pub(crate) fn invalid_ciphertext() -> Self {
-        Self::new(
-            ErrorKind::InvalidCiphertext,
-            "the ciphertext is invalid or does not match",
-        )
+        Self::new(ErrorKind::InvalidCiphertext, "the ciphertext is invalid or does not match")
     }
 }
 
@@ -149,10 +143,9 @@ impl From<super::store::StoreError> for Error {
     fn from(error: super::store::StoreError) -> Self {
         use super::store::StoreError;
         match error {
-            StoreError::Conflict => Self::new(
-                ErrorKind::Conflict,
-                "a concurrent change to the key won; retry",
-            ),
+            StoreError::Conflict => {
+                Self::new(ErrorKind::Conflict, "a concurrent change to the key won; retry")
+            }
             StoreError::AlreadyExists(what) => {
                 Self::new(ErrorKind::AlreadyExists, format!("{what} already exists"))
             }
@@ -169,10 +162,9 @@ impl From<crate::crypto::Error> for Error {
             E::DecryptFailed => Self::invalid_ciphertext(),
             E::BadSignature => Self::new(ErrorKind::InvalidSignature, "the signature is not valid"),
             E::InvalidInput(why) => Self::validation(why),
-            E::WrongAlgorithm(alg) => Self::new(
-                ErrorKind::InvalidKeyUsage,
-                format!("{alg} is not valid for this key"),
-            ),
+            E::WrongAlgorithm(alg) => {
+                Self::new(ErrorKind::InvalidKeyUsage, format!("{alg} is not valid for this key"))
+            }
             E::InvalidKey(why) => Self::validation(why),
             E::Random | E::Internal(_) => Self::internal(error.to_string()),
         }

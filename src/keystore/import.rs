@@ -36,9 +36,7 @@ impl WrappingAlgorithm {
 
     /// Parses an AWS KMS name. `RSA_AES_KEY_WRAP_SHA_*` and PKCS#1 v1.5 are not offered.
     pub fn from_kms_name(name: &str) -> Option<Self> {
-        [Self::RsaesOaepSha1, Self::RsaesOaepSha256]
-            .into_iter()
-            .find(|a| a.kms_name() == name)
+        [Self::RsaesOaepSha1, Self::RsaesOaepSha256].into_iter().find(|a| a.kms_name() == name)
     }
 
     fn hash(self) -> OaepHash {
@@ -170,12 +168,7 @@ impl Keystore {
         key_ref: &str,
         request: ImportRequest<'_>,
     ) -> Result<(String, String), Error> {
-        let ImportRequest {
-            import_token,
-            encrypted_key_material,
-            valid_to,
-            import_type,
-        } = request;
+        let ImportRequest { import_token, encrypted_key_material, valid_to, import_type } = request;
         let now = self.now();
         if let Some(valid_to) = valid_to {
             if valid_to <= now || valid_to > now + MAX_VALID_TO {
@@ -188,25 +181,15 @@ impl Keystore {
         super::lifecycle::check(OperationClass::Import, &key.record, &key.arn)?;
         external_only(key.record.origin, &key.arn)?;
         let invalid_token = || {
-            Error::new(
-                ErrorKind::InvalidImportToken,
-                "the import token is not valid for this key",
-            )
+            Error::new(ErrorKind::InvalidImportToken, "the import token is not valid for this key")
         };
         let token_id = hex::encode(import_token);
-        let token = self
-            .store()
-            .import_token(&token_id)
-            .await?
-            .ok_or_else(invalid_token)?;
+        let token = self.store().import_token(&token_id).await?.ok_or_else(invalid_token)?;
         if token.key_id != key.record.id {
             return Err(invalid_token());
         }
         if token.expires <= now {
-            return Err(Error::new(
-                ErrorKind::ExpiredImportToken,
-                "the import token has expired",
-            ));
+            return Err(Error::new(ErrorKind::ExpiredImportToken, "the import token has expired"));
         }
         let wrapping_spec =
             KeyPairSpec::from_kms_name(&token.wrapping_spec).ok_or_else(invalid_token)?;
@@ -217,13 +200,11 @@ impl Keystore {
             token_aad(&token_id).as_bytes(),
             &token.sealed_wrapping_key,
         )?;
-        let wrapping_key = self
-            .backend()
-            .load_private_key(wrapping_spec, wrapping_key.expose_secret())?;
+        let wrapping_key =
+            self.backend().load_private_key(wrapping_spec, wrapping_key.expose_secret())?;
         let incorrect = |why: &str| Error::new(ErrorKind::IncorrectKeyMaterial, why.to_owned());
-        let material: SecretBytes = wrapping_key
-            .decrypt_oaep(algorithm.hash(), encrypted_key_material)
-            .map_err(|_| {
+        let material: SecretBytes =
+            wrapping_key.decrypt_oaep(algorithm.hash(), encrypted_key_material).map_err(|_| {
                 incorrect("the key material does not unwrap with the import parameters")
             })?;
         // The material must be of the key's type and size.
@@ -239,9 +220,7 @@ impl Keystore {
                 })?;
             }
         }
-        let fingerprint = self
-            .root()
-            .fingerprint(self.backend(), material.expose_secret())?;
+        let fingerprint = self.root().fingerprint(self.backend(), material.expose_secret())?;
         let arn = key.arn.clone();
         let mut material_id = String::new();
         self.update(&key.record.id, false, OperationClass::Import, |record, loaded| {
@@ -330,10 +309,7 @@ fn external_only(origin: Origin, arn: &str) -> Result<(), Error> {
     } else {
         Err(Error::new(
             ErrorKind::UnsupportedOperation,
-            format!(
-                "{arn} origin is {} which is not valid for this operation.",
-                origin.kms_name()
-            ),
+            format!("{arn} origin is {} which is not valid for this operation.", origin.kms_name()),
         ))
     }
 }

@@ -161,12 +161,8 @@ pub enum KeyUsage {
 
 impl KeyUsage {
     /// Every usage.
-    pub const ALL: [Self; 4] = [
-        Self::EncryptDecrypt,
-        Self::SignVerify,
-        Self::GenerateVerifyMac,
-        Self::KeyAgreement,
-    ];
+    pub const ALL: [Self; 4] =
+        [Self::EncryptDecrypt, Self::SignVerify, Self::GenerateVerifyMac, Self::KeyAgreement];
 
     /// The AWS KMS name.
     pub fn kms_name(self) -> &'static str {
@@ -205,9 +201,7 @@ impl Origin {
 
     /// Parses an AWS KMS name.
     pub fn from_kms_name(name: &str) -> Option<Self> {
-        [Self::AwsKms, Self::External]
-            .into_iter()
-            .find(|origin| origin.kms_name() == name)
+        [Self::AwsKms, Self::External].into_iter().find(|origin| origin.kms_name() == name)
     }
 }
 

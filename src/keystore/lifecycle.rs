@@ -38,12 +38,8 @@ pub fn check(class: OperationClass, key: &KeyRecord, arn: &str) -> Result<(), Er
     use KeyState as S;
     use OperationClass as C;
     let disabled = || Error::new(ErrorKind::Disabled, format!("{arn} is disabled."));
-    let pending_deletion = || {
-        Error::new(
-            ErrorKind::InvalidState,
-            format!("{arn} is pending deletion."),
-        )
-    };
+    let pending_deletion =
+        || Error::new(ErrorKind::InvalidState, format!("{arn} is pending deletion."));
     let pending_import =
         || Error::new(ErrorKind::InvalidState, format!("{arn} is pending import."));
     match (class, key.state) {
@@ -63,10 +59,7 @@ pub fn check(class: OperationClass, key: &KeyRecord, arn: &str) -> Result<(), Er
         (C::CancelDeletion, S::PendingDeletion) => Ok(()),
         (C::CancelDeletion, _) => Err(Error::new(
             ErrorKind::InvalidState,
-            format!(
-                "{arn} is not pending deletion (its state is {}).",
-                key.state
-            ),
+            format!("{arn} is not pending deletion (its state is {}).", key.state),
         )),
     }
 }

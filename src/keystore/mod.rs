@@ -83,10 +83,7 @@ pub struct Partition {
 
 impl Default for Partition {
     fn default() -> Self {
-        Self {
-            region: "us-east-1".into(),
-            account: "111122223333".into(),
-        }
+        Self { region: "us-east-1".into(), account: "111122223333".into() }
     }
 }
 
@@ -224,14 +221,7 @@ impl Keystore {
     ) -> Result<Self, Error> {
         let root = RootKey::load(backend, data_dir, root_source)?;
         let store = store::SqliteStore::open(&data_dir.join("keystore.db"))?;
-        Ok(Self::with_store(
-            backend,
-            Arc::new(store),
-            root,
-            clock,
-            audit,
-            partition,
-        ))
+        Ok(Self::with_store(backend, Arc::new(store), root, clock, audit, partition))
     }
 
     /// Creates a new keystore in `data_dir`: the root key (or its salt), its check value and
@@ -258,15 +248,7 @@ impl Keystore {
         audit: Arc<dyn AuditSink>,
         partition: Partition,
     ) -> Self {
-        Self {
-            backend,
-            store,
-            root,
-            clock,
-            audit,
-            partition,
-            cache: RwLock::new(HashMap::new()),
-        }
+        Self { backend, store, root, clock, audit, partition, cache: RwLock::new(HashMap::new()) }
     }
 
     /// The crypto backend in use.
@@ -281,17 +263,11 @@ impl Keystore {
 
     /// The ARN of key `key_id`.
     pub fn key_arn(&self, key_id: &str) -> String {
-        format!(
-            "arn:aws:kms:{}:{}:key/{key_id}",
-            self.partition.region, self.partition.account
-        )
+        format!("arn:aws:kms:{}:{}:key/{key_id}", self.partition.region, self.partition.account)
     }
 
     fn alias_arn(&self, name: &str) -> String {
-        format!(
-            "arn:aws:kms:{}:{}:{name}",
-            self.partition.region, self.partition.account
-        )
+        format!("arn:aws:kms:{}:{}:{name}", self.partition.region, self.partition.account)
     }
 
     // === keys ===
@@ -323,14 +299,7 @@ impl Keystore {
         ctx: &OpContext,
         request: CreateKeyRequest,
     ) -> Result<KeyMetadata, Error> {
-        let CreateKeyRequest {
-            spec,
-            usage,
-            origin,
-            description,
-            tags,
-            policy,
-        } = request;
+        let CreateKeyRequest { spec, usage, origin, description, tags, policy } = request;
         let usage = usage.unwrap_or(spec.usages()[0]);
         if !spec.usages().contains(&usage) {
             return Err(Error::validation(format!(
@@ -443,11 +412,7 @@ impl Keystore {
         let operation = if enable { "EnableKey" } else { "DisableKey" };
         let outcome = self
             .update(key_ref, false, OperationClass::EnableDisable, |key, _| {
-                key.state = if enable {
-                    KeyState::Enabled
-                } else {
-                    KeyState::Disabled
-                };
+                key.state = if enable { KeyState::Enabled } else { KeyState::Disabled };
                 Ok(Vec::new())
             })
             .await;
@@ -499,17 +464,12 @@ impl Keystore {
             }
             let now = self.now();
             let arn = self
-                .update(
-                    key_ref,
-                    false,
-                    OperationClass::ScheduleDeletion,
-                    |key, _| {
-                        key.state = KeyState::PendingDeletion;
-                        key.deletion_date = Some(now + i64::from(days) * DAY);
-                        key.pending_window_days = Some(days);
-                        Ok(Vec::new())
-                    },
-                )
+                .update(key_ref, false, OperationClass::ScheduleDeletion, |key, _| {
+                    key.state = KeyState::PendingDeletion;
+                    key.deletion_date = Some(now + i64::from(days) * DAY);
+                    key.pending_window_days = Some(days);
+                    Ok(Vec::new())
+                })
                 .await?;
             Ok(DeletionSchedule {
                 key_arn: arn,
@@ -560,13 +520,8 @@ impl Keystore {
             check_alias_name(name)?;
             let key = self.resolve(target, false).await?;
             lifecycle::check(OperationClass::Manage, &key.record, &key.arn)?;
-            let count = self
-                .store
-                .aliases()
-                .await?
-                .iter()
-                .filter(|a| a.key_id == key.record.id)
-                .count();
+            let count =
+                self.store.aliases().await?.iter().filter(|a| a.key_id == key.record.id).count();
             if count >= MAX_ALIASES_PER_KEY {
                 return Err(Error::new(
                     ErrorKind::LimitExceeded,
@@ -580,19 +535,13 @@ impl Keystore {
                 created: now,
                 updated: now,
             };
-            self.store
-                .put_alias(alias, AliasWrite::Create)
-                .await
-                .map_err(|error| match error {
-                    store::StoreError::AlreadyExists(_) => Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!(
-                            "An alias with the name {} already exists",
-                            self.alias_arn(name)
-                        ),
-                    ),
-                    other => other.into(),
-                })?;
+            self.store.put_alias(alias, AliasWrite::Create).await.map_err(|error| match error {
+                store::StoreError::AlreadyExists(_) => Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("An alias with the name {} already exists", self.alias_arn(name)),
+                ),
+                other => other.into(),
+            })?;
             Ok(key.arn.clone())
         }
         .await;
@@ -630,11 +579,8 @@ impl Keystore {
                     ));
                 }
             }
-            let updated = AliasRecord {
-                key_id: key.record.id.clone(),
-                updated: self.now(),
-                ..alias
-            };
+            let updated =
+                AliasRecord { key_id: key.record.id.clone(), updated: self.now(), ..alias };
             self.store.put_alias(updated, AliasWrite::Update).await?;
             Ok(key.arn.clone())
         }
@@ -719,8 +665,7 @@ impl Keystore {
         let outcome = async {
             check_tags(tags)?;
             self.update(key_ref, false, OperationClass::Manage, |key, _| {
-                key.tags
-                    .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+                key.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
                 check_tags(&key.tags)?;
                 Ok(Vec::new())
             })
@@ -767,12 +712,8 @@ impl Keystore {
         let outcome = async {
             let key = self.resolve(key_ref, false).await?;
             lifecycle::check(OperationClass::Read, &key.record, &key.arn)?;
-            let entries = key
-                .record
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), (k.clone(), v.clone())))
-                .collect();
+            let entries =
+                key.record.tags.iter().map(|(k, v)| (k.clone(), (k.clone(), v.clone()))).collect();
             paginate(entries, limit, marker, 50, 50)
         }
         .await;
@@ -800,11 +741,8 @@ impl Keystore {
         allow_alias: bool,
     ) -> Result<Arc<LoadedKey>, Error> {
         let key_id = self.key_id_of(key_ref, allow_alias).await?;
-        if let Some(loaded) = self
-            .cache
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key_id)
+        if let Some(loaded) =
+            self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key_id)
         {
             return Ok(Arc::clone(loaded));
         }
@@ -824,14 +762,10 @@ impl Keystore {
 
     async fn key_id_of(&self, key_ref: &str, allow_alias: bool) -> Result<String, Error> {
         if key_ref.is_empty() || key_ref.len() > 2048 {
-            return Err(Error::validation(
-                "KeyId must have length between 1 and 2048",
-            ));
+            return Err(Error::validation("KeyId must have length between 1 and 2048"));
         }
-        let arn_prefix = format!(
-            "arn:aws:kms:{}:{}:",
-            self.partition.region, self.partition.account
-        );
+        let arn_prefix =
+            format!("arn:aws:kms:{}:{}:", self.partition.region, self.partition.account);
         let local = if let Some(rest) = key_ref.strip_prefix("arn:") {
             let Some(local) = key_ref.strip_prefix(arn_prefix.as_str()) else {
                 // A well-formed ARN of another region or account names no key here.
@@ -892,26 +826,13 @@ impl Keystore {
             } else {
                 None
             };
-            loaded.insert(
-                version.version,
-                LoadedVersion {
-                    record: version,
-                    material,
-                },
-            );
+            loaded.insert(version.version, LoadedVersion { record: version, material });
         }
-        Ok(LoadedKey {
-            record,
-            arn,
-            versions: loaded,
-        })
+        Ok(LoadedKey { record, arn, versions: loaded })
     }
 
     fn invalidate(&self, key_id: &str) {
-        self.cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key_id);
+        self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key_id);
     }
 
     /// Applies `change` to a key under compare-and-swap, retrying on a concurrent change.
@@ -951,17 +872,12 @@ impl Keystore {
                 Err(other) => return Err(other.into()),
             }
         }
-        Err(Error::new(
-            ErrorKind::Conflict,
-            "the key is being changed concurrently; retry",
-        ))
+        Err(Error::new(ErrorKind::Conflict, "the key is being changed concurrently; retry"))
     }
 
     pub(crate) async fn metadata(&self, record: &KeyRecord) -> Result<KeyMetadata, Error> {
         let versions = self.store.versions(&record.id).await?;
-        let current = versions
-            .iter()
-            .find(|v| v.version == record.current_version);
+        let current = versions.iter().find(|v| v.version == record.current_version);
         Ok(KeyMetadata {
             record: record.clone(),
             arn: self.key_arn(&record.id),
@@ -974,9 +890,7 @@ impl Keystore {
     pub(crate) fn new_uuid(&self) -> Result<String, Error> {
         let mut bytes = [0u8; 16];
         self.backend.fill_random(&mut bytes)?;
-        Ok(uuid::Builder::from_random_bytes(bytes)
-            .into_uuid()
-            .to_string())
+        Ok(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
     }
 
     pub(crate) fn new_material_id(&self) -> Result<String, Error> {
@@ -1073,11 +987,7 @@ impl Keystore {
             key_arn: key_arn.map(str::to_owned),
             key_material_id: key_material_id.map(str::to_owned),
             encryption_context_keys: context_keys.to_vec(),
-            outcome: if outcome.is_ok() {
-                "success"
-            } else {
-                "failure"
-            },
+            outcome: if outcome.is_ok() { "success" } else { "failure" },
             error_code: outcome.as_ref().err().map(|e| e.kind().aws_name()),
         };
         self.audit.record(&event).map_err(|error| {
@@ -1092,14 +1002,7 @@ impl Keystore {
         outcome: &Result<T, Error>,
         arn: impl Fn(&T) -> &str,
     ) -> Result<(), Error> {
-        self.audit(
-            ctx,
-            operation,
-            outcome.as_ref().ok().map(arn),
-            None,
-            &[],
-            outcome,
-        )
+        self.audit(ctx, operation, outcome.as_ref().ok().map(arn), None, &[], outcome)
     }
 }
 
@@ -1110,9 +1013,7 @@ pub(crate) fn material_from_bytes(
     bytes: SecretBytes,
 ) -> Result<Material, Error> {
     if let Some(pair) = spec.key_pair_spec() {
-        return Ok(Material::Pair(
-            backend.load_private_key(pair, bytes.expose_secret())?,
-        ));
+        return Ok(Material::Pair(backend.load_private_key(pair, bytes.expose_secret())?));
     }
     if spec == KeySpec::SymmetricDefault {
         return Ok(Material::Aes(AesKey::from_slice(bytes.expose_secret())?));
@@ -1142,10 +1043,7 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), Error> {
             ));
         }
         if key.starts_with("aws:") {
-            return Err(Error::new(
-                ErrorKind::Tag,
-                "tag keys beginning with aws: are reserved",
-            ));
+            return Err(Error::new(ErrorKind::Tag, "tag keys beginning with aws: are reserved"));
         }
     }
     Ok(())
@@ -1154,12 +1052,8 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), Error> {
 /// Checks an alias name as AWS constrains it: `alias/` prefix, 1–256 characters of
 /// `[a-zA-Z0-9:/_-]`, `alias/aws/` reserved.
 pub fn check_alias_name(name: &str) -> Result<(), Error> {
-    let invalid = |why: &str| {
-        Error::new(
-            ErrorKind::InvalidAliasName,
-            format!("alias name {name:?} {why}"),
-        )
-    };
+    let invalid =
+        |why: &str| Error::new(ErrorKind::InvalidAliasName, format!("alias name {name:?} {why}"));
     if !(1..=256).contains(&name.len()) {
         return Err(invalid("must be 1 to 256 characters"));
     }
@@ -1170,14 +1064,9 @@ pub fn check_alias_name(name: &str) -> Result<(), Error> {
         return Err(invalid("needs a name after alias/"));
     }
     if name.starts_with("alias/aws/") {
-        return Err(invalid(
-            "is reserved (alias/aws/ names belong to AWS managed keys)",
-        ));
+        return Err(invalid("is reserved (alias/aws/ names belong to AWS managed keys)"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/_-:".contains(&b))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-:".contains(&b)) {
         return Err(invalid("may contain only letters, digits and /_-:"));
     }
     Ok(())
@@ -1211,9 +1100,7 @@ fn paginate<T>(
 ) -> Result<Page<T>, Error> {
     let limit = limit.unwrap_or(default);
     if !(1..=max).contains(&limit) {
-        return Err(Error::validation(format!(
-            "Limit must be between 1 and {max}"
-        )));
+        return Err(Error::validation(format!("Limit must be between 1 and {max}")));
     }
     let start = match marker {
         None => 0,
@@ -1229,10 +1116,7 @@ fn paginate<T>(
     } else {
         None
     };
-    Ok(Page {
-        items: items.into_iter().map(|(_, item)| item).collect(),
-        next_marker,
-    })
+    Ok(Page { items: items.into_iter().map(|(_, item)| item).collect(), next_marker })
 }
 
 fn encode_marker(key: &str) -> String {
@@ -1246,21 +1130,13 @@ fn decode_marker(marker: &str) -> Result<String, Error> {
         .decode(marker)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidMarker,
-                "the marker is not one kagi issued",
-            )
-        })
+        .ok_or_else(|| Error::new(ErrorKind::InvalidMarker, "the marker is not one kagi issued"))
 }
 
 impl RotationSchedule {
     /// A schedule of `period_days` starting at `now`.
     pub fn starting(now: UnixSeconds, period_days: u32) -> Self {
-        Self {
-            period_days,
-            next_rotation: now + i64::from(period_days) * DAY,
-        }
+        Self { period_days, next_rotation: now + i64::from(period_days) * DAY }
     }
 }
 

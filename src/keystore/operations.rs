@@ -46,13 +46,9 @@ impl EncryptionAlgorithm {
 
     /// Parses an AWS KMS name.
     pub fn from_kms_name(name: &str) -> Option<Self> {
-        [
-            Self::SymmetricDefault,
-            Self::RsaesOaepSha1,
-            Self::RsaesOaepSha256,
-        ]
-        .into_iter()
-        .find(|alg| alg.kms_name() == name)
+        [Self::SymmetricDefault, Self::RsaesOaepSha1, Self::RsaesOaepSha256]
+            .into_iter()
+            .find(|alg| alg.kms_name() == name)
     }
 
     fn oaep(self) -> Option<OaepHash> {
@@ -223,9 +219,8 @@ impl Keystore {
                     let Some(Material::Pair(private)) = &current(&key)?.material else {
                         return Err(Error::internal("rsa key without material; this is a bug"));
                     };
-                    let public = self
-                        .backend
-                        .load_public_key(private.spec(), &private.public_key_der())?;
+                    let public =
+                        self.backend.load_public_key(private.spec(), &private.public_key_der())?;
                     let blob = public.encrypt_oaep(hash, plaintext)?;
                     Ok(EncryptOutput {
                         ciphertext_blob: blob,
@@ -315,14 +310,11 @@ impl Keystore {
                 ));
             }
         }
-        let key = self
-            .resolve(&blob_key_id, false)
-            .await
-            .map_err(|error| match error.kind() {
-                // A blob naming no key here is just an invalid ciphertext.
-                ErrorKind::NotFound => Error::invalid_ciphertext(),
-                _ => error,
-            })?;
+        let key = self.resolve(&blob_key_id, false).await.map_err(|error| match error.kind() {
+            // A blob naming no key here is just an invalid ciphertext.
+            ErrorKind::NotFound => Error::invalid_ciphertext(),
+            _ => error,
+        })?;
         lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
         if key.record.spec != KeySpec::SymmetricDefault {
             return Err(Error::invalid_ciphertext());
@@ -354,12 +346,10 @@ impl Keystore {
         destination_algorithm: EncryptionAlgorithm,
     ) -> Result<ReEncryptOutput, Error> {
         let outcome = async {
-            let source = self
-                .decrypt_inner(blob, source_context, source_key_ref, source_algorithm)
-                .await?;
-            let destination = self
-                .crypto_key(destination_key_ref, KeyUsage::EncryptDecrypt)
-                .await?;
+            let source =
+                self.decrypt_inner(blob, source_context, source_key_ref, source_algorithm).await?;
+            let destination =
+                self.crypto_key(destination_key_ref, KeyUsage::EncryptDecrypt).await?;
             check_algorithm(&destination, destination_algorithm)?;
             let (ciphertext_blob, destination_material_id) = match destination_algorithm.oaep() {
                 None => {
@@ -375,13 +365,9 @@ impl Keystore {
                     let Some(Material::Pair(private)) = &current(&destination)?.material else {
                         return Err(Error::internal("rsa key without material; this is a bug"));
                     };
-                    let public = self
-                        .backend
-                        .load_public_key(private.spec(), &private.public_key_der())?;
-                    (
-                        public.encrypt_oaep(hash, source.plaintext.expose_secret())?,
-                        None,
-                    )
+                    let public =
+                        self.backend.load_public_key(private.spec(), &private.public_key_der())?;
+                    (public.encrypt_oaep(hash, source.plaintext.expose_secret())?, None)
                 }
             };
             Ok(ReEncryptOutput {
@@ -418,11 +404,8 @@ impl Keystore {
         context: &EncryptionContext,
         with_plaintext: bool,
     ) -> Result<DataKey, Error> {
-        let operation = if with_plaintext {
-            "GenerateDataKey"
-        } else {
-            "GenerateDataKeyWithoutPlaintext"
-        };
+        let operation =
+            if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
         let outcome = async {
             let len = match size {
                 DataKeySize::Aes256 => 32,
@@ -477,10 +460,8 @@ impl Keystore {
             let key = self.crypto_key(key_ref, KeyUsage::EncryptDecrypt).await?;
             symmetric_only(&key)?;
             let private = self.backend.generate_key_pair(spec)?;
-            let public_key = self
-                .backend
-                .load_private_key(spec, private.expose_secret())?
-                .public_key_der();
+            let public_key =
+                self.backend.load_private_key(spec, private.expose_secret())?.public_key_der();
             let (blob, version) = self.seal_blob(&key, private.expose_secret(), context)?;
             Ok(DataKeyPair {
                 private_key_plaintext: with_plaintext.then_some(private),
@@ -540,9 +521,7 @@ impl Keystore {
             check_message(message)?;
             let key = self.crypto_key(key_ref, KeyUsage::SignVerify).await?;
             let Some(Material::Pair(private)) = &current(&key)?.material else {
-                return Err(Error::internal(
-                    "signing key without material; this is a bug",
-                ));
+                return Err(Error::internal("signing key without material; this is a bug"));
             };
             check_signing_algorithm(&key, algorithm)?;
             let signature = private.sign(algorithm, sign_input(message, message_type))?;
@@ -580,25 +559,15 @@ impl Keystore {
             }
             let key = self.crypto_key(key_ref, KeyUsage::SignVerify).await?;
             let Some(Material::Pair(private)) = &current(&key)?.material else {
-                return Err(Error::internal(
-                    "signing key without material; this is a bug",
-                ));
+                return Err(Error::internal("signing key without material; this is a bug"));
             };
             check_signing_algorithm(&key, algorithm)?;
-            let public = self
-                .backend
-                .load_public_key(private.spec(), &private.public_key_der())?;
+            let public = self.backend.load_public_key(private.spec(), &private.public_key_der())?;
             public.verify(algorithm, sign_input(message, message_type), signature)?;
             Ok(key.arn.clone())
         }
         .await;
-        self.audit_crypto(
-            ctx,
-            "Verify",
-            &outcome,
-            |arn| (arn, None),
-            &EncryptionContext::new(),
-        )?;
+        self.audit_crypto(ctx, "Verify", &outcome, |arn| (arn, None), &EncryptionContext::new())?;
         outcome
     }
 
@@ -651,13 +620,9 @@ impl Keystore {
     ) -> Result<(Vec<u8>, String), Error> {
         let outcome = async {
             check_message(message)?;
-            let key = self
-                .crypto_key(key_ref, KeyUsage::GenerateVerifyMac)
-                .await?;
+            let key = self.crypto_key(key_ref, KeyUsage::GenerateVerifyMac).await?;
             let secret = mac_secret(&key, algorithm)?;
-            let mac = self
-                .backend
-                .hmac(algorithm, secret.expose_secret(), message)?;
+            let mac = self.backend.hmac(algorithm, secret.expose_secret(), message)?;
             Ok((mac, key.arn.clone()))
         }
         .await;
@@ -685,9 +650,7 @@ impl Keystore {
     ) -> Result<String, Error> {
         let outcome = async {
             check_message(message)?;
-            let key = self
-                .crypto_key(key_ref, KeyUsage::GenerateVerifyMac)
-                .await?;
+            let key = self.crypto_key(key_ref, KeyUsage::GenerateVerifyMac).await?;
             let secret = mac_secret(&key, algorithm)?;
             self.backend
                 .verify_hmac(algorithm, secret.expose_secret(), message, mac)
@@ -721,9 +684,7 @@ impl Keystore {
             let key = self.crypto_key(key_ref, KeyUsage::KeyAgreement).await?;
             let version = current(&key)?;
             let Some(Material::Pair(private)) = &version.material else {
-                return Err(Error::internal(
-                    "key agreement key without material; this is a bug",
-                ));
+                return Err(Error::internal("key agreement key without material; this is a bug"));
             };
             let secret = private.agree(peer_public_key)?;
             Ok((secret, key.arn.clone(), version.record.material_id.clone()))
@@ -766,26 +727,19 @@ impl Keystore {
         context: &EncryptionContext,
     ) -> Result<(Vec<u8>, &'k LoadedVersion), Error> {
         if !ciphertext::check_context(context) {
-            return Err(Error::validation(
-                "EncryptionContext entries must be at most 65535 bytes",
-            ));
+            return Err(Error::validation("EncryptionContext entries must be at most 65535 bytes"));
         }
         let version = current(key)?;
         let Some(Material::Aes(aes)) = &version.material else {
-            return Err(Error::internal(
-                "symmetric key without material; this is a bug",
-            ));
+            return Err(Error::internal("symmetric key without material; this is a bug"));
         };
         let mut nonce = [0u8; NONCE_LEN];
         self.backend.fill_random(&mut nonce)?;
         let key_id = uuid::Uuid::try_parse(&key.record.id)
             .map_err(|_| Error::internal("stored key id is not a uuid"))?;
-        let header = BlobHeader {
-            key_id: *key_id.as_bytes(),
-            version: version.record.version,
-            nonce,
-        }
-        .encode();
+        let header =
+            BlobHeader { key_id: *key_id.as_bytes(), version: version.record.version, nonce }
+                .encode();
         let aad = ciphertext::associated_data(&header, context);
         let sealed = self.backend.seal(aes, &nonce, &aad, plaintext)?;
         let mut blob = Vec::with_capacity(header.len() + sealed.len());
@@ -802,10 +756,7 @@ impl Keystore {
         context: &EncryptionContext,
     ) -> Result<(SecretBytes, &'k LoadedVersion), Error> {
         let (header, body) = BlobHeader::decode(blob).ok_or_else(Error::invalid_ciphertext)?;
-        let version = key
-            .versions
-            .get(&header.version)
-            .ok_or_else(Error::invalid_ciphertext)?;
+        let version = key.versions.get(&header.version).ok_or_else(Error::invalid_ciphertext)?;
         let Some(Material::Aes(aes)) = &version.material else {
             // Destroyed (expired or deleted imported) material cannot decrypt.
             return Err(Error::invalid_ciphertext());
@@ -837,10 +788,7 @@ fn current(key: &LoadedKey) -> Result<&LoadedVersion, Error> {
         .get(&key.record.current_version)
         .filter(|version| version.material.is_some())
         .ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidState,
-                format!("{} is pending import.", key.arn),
-            )
+            Error::new(ErrorKind::InvalidState, format!("{} is pending import.", key.arn))
         })
 }
 
@@ -850,11 +798,7 @@ fn check_algorithm(key: &LoadedKey, algorithm: EncryptionAlgorithm) -> Result<()
     } else {
         Err(Error::new(
             ErrorKind::InvalidKeyUsage,
-            format!(
-                "{} is not a valid encryption algorithm for {}",
-                algorithm.kms_name(),
-                key.arn
-            ),
+            format!("{} is not a valid encryption algorithm for {}", algorithm.kms_name(), key.arn),
         ))
     }
 }
@@ -864,10 +808,7 @@ fn check_signing_algorithm(key: &LoadedKey, algorithm: SigningAlgorithm) -> Resu
         Some(spec) if algorithm.fits(spec) => Ok(()),
         _ => Err(Error::new(
             ErrorKind::InvalidKeyUsage,
-            format!(
-                "{algorithm} is not a valid signing algorithm for {}",
-                key.arn
-            ),
+            format!("{algorithm} is not a valid signing algorithm for {}", key.arn),
         )),
     }
 }
@@ -887,17 +828,13 @@ fn no_context(context: &EncryptionContext) -> Result<(), Error> {
     if context.is_empty() {
         Ok(())
     } else {
-        Err(Error::validation(
-            "EncryptionContext is not supported with asymmetric keys",
-        ))
+        Err(Error::validation("EncryptionContext is not supported with asymmetric keys"))
     }
 }
 
 fn check_message(message: &[u8]) -> Result<(), Error> {
     if message.is_empty() || message.len() > MAX_MESSAGE {
-        return Err(Error::validation(format!(
-            "Message must be 1 to {MAX_MESSAGE} bytes"
-        )));
+        return Err(Error::validation(format!("Message must be 1 to {MAX_MESSAGE} bytes")));
     }
     Ok(())
 }

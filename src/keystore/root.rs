@@ -171,9 +171,8 @@ impl RootKey {
             return Err(Error::internal("sealed key material is truncated"));
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce
-            .try_into()
-            .map_err(|_| Error::internal("sealed key material is truncated"))?;
+        let nonce: [u8; NONCE_LEN] =
+            nonce.try_into().map_err(|_| Error::internal("sealed key material is truncated"))?;
         backend.open(&self.key, &nonce, aad, body).map_err(|_| {
             Error::internal("sealed key material does not authenticate under the root key")
         })
@@ -209,16 +208,12 @@ fn derive(env_var: &str, salt: &[u8]) -> Result<AesKey, Error> {
     let passphrase = SecretBytes::new(
         std::env::var(env_var)
             .map_err(|_| {
-                Error::validation(format!(
-                    "the root key passphrase variable {env_var} is not set"
-                ))
+                Error::validation(format!("the root key passphrase variable {env_var} is not set"))
             })?
             .into_bytes(),
     );
     if passphrase.is_empty() {
-        return Err(Error::validation(format!(
-            "the root key passphrase in {env_var} is empty"
-        )));
+        return Err(Error::validation(format!("the root key passphrase in {env_var} is empty")));
     }
     let mut out = SecretBytes::zeroed(AesKey::LEN);
     // OWASP's recommended Argon2id parameters: 19 MiB, 2 passes, 1 lane.

@@ -173,17 +173,10 @@ impl Keystore {
                         ),
                     ));
                 }
-                if key
-                    .rotation
-                    .as_ref()
-                    .is_some_and(|r| r.next_rotation - now < 20 * 60)
-                {
+                if key.rotation.as_ref().is_some_and(|r| r.next_rotation - now < 20 * 60) {
                     return Err(Error::new(
                         ErrorKind::Conflict,
-                        format!(
-                            "an automatic rotation of {} is due within 20 minutes",
-                            loaded.arn
-                        ),
+                        format!("an automatic rotation of {} is due within 20 minutes", loaded.arn),
                     ));
                 }
                 key.on_demand_rotations += 1;
@@ -289,25 +282,17 @@ impl Keystore {
                 report.expired.push(outcome?);
             }
             let due = record.state == KeyState::Enabled
-                && record
-                    .rotation
-                    .as_ref()
-                    .is_some_and(|r| r.next_rotation <= now);
+                && record.rotation.as_ref().is_some_and(|r| r.next_rotation <= now);
             if due {
                 let outcome = self
-                    .update(
-                        &record.id,
-                        false,
-                        OperationClass::Cryptographic,
-                        |key, loaded| {
-                            let Some(schedule) = key.rotation.as_mut() else {
-                                return Ok(Vec::new());
-                            };
-                            // Catch up in one rotation, then schedule from now.
-                            schedule.next_rotation = now + i64::from(schedule.period_days) * 86_400;
-                            self.rotate(key, loaded, now, RotationType::Automatic)
-                        },
-                    )
+                    .update(&record.id, false, OperationClass::Cryptographic, |key, loaded| {
+                        let Some(schedule) = key.rotation.as_mut() else {
+                            return Ok(Vec::new());
+                        };
+                        // Catch up in one rotation, then schedule from now.
+                        schedule.next_rotation = now + i64::from(schedule.period_days) * 86_400;
+                        self.rotate(key, loaded, now, RotationType::Automatic)
+                    })
                     .await;
                 self.audit_key(ctx, "RotateKey", &outcome, |arn| arn)?;
                 report.rotated.push(outcome?);
@@ -343,17 +328,11 @@ impl Keystore {
                             format!("{} has no key material imported for rotation (ImportType NEW_KEY_MATERIAL)", loaded.arn),
                         )
                     })?;
-                VersionRecord {
-                    state: VersionState::Current,
-                    ..pending.record.clone()
-                }
+                VersionRecord { state: VersionState::Current, ..pending.record.clone() }
             }
         };
         if let Some(old) = loaded.versions.get(&key.current_version) {
-            changed.push(VersionRecord {
-                state: VersionState::NonCurrent,
-                ..old.record.clone()
-            });
+            changed.push(VersionRecord { state: VersionState::NonCurrent, ..old.record.clone() });
         }
         key.current_version = new_version.version;
         changed.push(VersionRecord {
@@ -384,9 +363,6 @@ pub(super) fn destroy_all(loaded: &LoadedKey) -> Vec<VersionRecord> {
     loaded
         .versions
         .values()
-        .map(|version| VersionRecord {
-            sealed_material: Vec::new(),
-            ..version.record.clone()
-        })
+        .map(|version| VersionRecord { sealed_material: Vec::new(), ..version.record.clone() })
         .collect()
 }

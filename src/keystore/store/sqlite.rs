@@ -67,11 +67,7 @@ impl SqliteStore {
             )
             .map_err(db)?;
         let found: Option<i64> = connection
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'schema_version'",
-                [],
-                |row| row.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE name = 'schema_version'", [], |row| row.get(0))
             .optional()
             .or_else(|error| match error {
                 // A new, empty database has no meta table yet.
@@ -85,10 +81,7 @@ impl SqliteStore {
             .map_err(db)?;
         if let Some(found) = found {
             if found > SCHEMA_VERSION {
-                return Err(StoreError::NewerSchema {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
+                return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION });
             }
         }
         connection.execute_batch(SCHEMA).map_err(db)?;
@@ -98,9 +91,7 @@ impl SqliteStore {
                 params![SCHEMA_VERSION],
             )
             .map_err(db)?;
-        Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
     /// Runs `work` on the blocking pool with the connection.
@@ -115,8 +106,7 @@ impl SqliteStore {
                 let mut guard = lock(&connection)?;
                 work(&mut guard)
             });
-            task.await
-                .map_err(|_| StoreError::Database("storage task failed".into()))?
+            task.await.map_err(|_| StoreError::Database("storage task failed".into()))?
         })
     }
 }
@@ -124,9 +114,7 @@ impl SqliteStore {
 fn lock(connection: &Mutex<Connection>) -> Result<MutexGuard<'_, Connection>, StoreError> {
     // A panic while holding the lock cannot leave a half-applied change: every write is one
     // SQLite transaction, rolled back when dropped. So a poisoned lock is safe to reuse.
-    Ok(connection
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner))
+    Ok(connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 fn db(error: rusqlite::Error) -> StoreError {
@@ -167,9 +155,8 @@ fn alias_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AliasRecord> {
 impl Store for SqliteStore {
     fn insert_key(&self, key: KeyRecord, versions: Vec<VersionRecord>) -> StoreFuture<'_, ()> {
         self.run(move |connection| {
-            let transaction = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
             let inserted = transaction
                 .execute(
                     "INSERT OR IGNORE INTO keys (id, revision, record) VALUES (?1, ?2, ?3)",
@@ -190,29 +177,21 @@ impl Store for SqliteStore {
         let key_id = key_id.to_owned();
         self.run(move |connection| {
             let record: Option<String> = connection
-                .query_row(
-                    "SELECT record FROM keys WHERE id = ?1",
-                    params![key_id],
-                    |row| row.get(0),
-                )
+                .query_row("SELECT record FROM keys WHERE id = ?1", params![key_id], |row| {
+                    row.get(0)
+                })
                 .optional()
                 .map_err(db)?;
-            record
-                .map(|text| serde_json::from_str(&text).map_err(json))
-                .transpose()
+            record.map(|text| serde_json::from_str(&text).map_err(json)).transpose()
         })
     }
 
     fn keys(&self) -> StoreFuture<'_, Vec<KeyRecord>> {
         self.run(move |connection| {
-            let mut statement = connection
-                .prepare("SELECT record FROM keys ORDER BY id")
-                .map_err(db)?;
-            let rows = statement
-                .query_map([], |row| row.get::<_, String>(0))
-                .map_err(db)?;
-            rows.map(|row| serde_json::from_str(&row.map_err(db)?).map_err(json))
-                .collect()
+            let mut statement =
+                connection.prepare("SELECT record FROM keys ORDER BY id").map_err(db)?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0)).map_err(db)?;
+            rows.map(|row| serde_json::from_str(&row.map_err(db)?).map_err(json)).collect()
         })
     }
 
@@ -239,24 +218,13 @@ impl Store for SqliteStore {
 
     fn update_key(&self, update: KeyUpdate) -> StoreFuture<'_, ()> {
         self.run(move |connection| {
-            let KeyUpdate {
-                key,
-                expected_revision,
-                put_versions,
-                delete_aliases,
-            } = update;
-            let transaction = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let KeyUpdate { key, expected_revision, put_versions, delete_aliases } = update;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
             let changed = transaction
                 .execute(
                     "UPDATE keys SET revision = ?1, record = ?2 WHERE id = ?3 AND revision = ?4",
-                    params![
-                        key.revision as i64,
-                        to_json(&key)?,
-                        key.id,
-                        expected_revision as i64
-                    ],
+                    params![key.revision as i64, to_json(&key)?, key.id, expected_revision as i64],
                 )
                 .map_err(db)?;
             if changed == 0 {
@@ -325,11 +293,7 @@ impl Store for SqliteStore {
             let changed = connection
                 .execute("DELETE FROM aliases WHERE name = ?1", params![name])
                 .map_err(db)?;
-            if changed == 0 {
-                Err(StoreError::NotFound(name))
-            } else {
-                Ok(())
-            }
+            if changed == 0 { Err(StoreError::NotFound(name)) } else { Ok(()) }
         })
     }
 
