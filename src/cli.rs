@@ -226,10 +226,10 @@ pub enum AliasesCommand {
 #[derive(Debug, ClapArgs)]
 pub struct Io {
     /// Input file (default: stdin).
-    #[arg(long = "in")]
+    #[arg(long = "in", id = "in")]
     pub input: Option<PathBuf>,
     /// Output file (default: stdout).
-    #[arg(long = "out")]
+    #[arg(long = "out", id = "out")]
     pub output: Option<PathBuf>,
     /// Read and write base64 text instead of raw bytes (binary side only).
     #[arg(long)]
