@@ -182,15 +182,15 @@ mod tests {
 
     #[test]
     fn probes_detect_clone_and_serialize() {
-        assert!(<Probe<Vec<u8>>>::IS_CLONE);
-        assert!(<SerializeProbe<Vec<u8>>>::IS_SERIALIZE);
+        const { assert!(<Probe<Vec<u8>>>::IS_CLONE) };
+        const { assert!(<SerializeProbe<Vec<u8>>>::IS_SERIALIZE) };
     }
 
     #[test]
     fn secrets_are_neither_clone_nor_serialize() {
-        assert!(!<Probe<SecretBytes>>::IS_CLONE);
-        assert!(!<Probe<AesKey>>::IS_CLONE);
-        assert!(!<SerializeProbe<SecretBytes>>::IS_SERIALIZE);
-        assert!(!<SerializeProbe<AesKey>>::IS_SERIALIZE);
+        const { assert!(!<Probe<SecretBytes>>::IS_CLONE) };
+        const { assert!(!<Probe<AesKey>>::IS_CLONE) };
+        const { assert!(!<SerializeProbe<SecretBytes>>::IS_SERIALIZE) };
+        const { assert!(!<SerializeProbe<AesKey>>::IS_SERIALIZE) };
     }
 }

@@ -170,12 +170,12 @@ impl Keystore {
     ) -> Result<(String, String), Error> {
         let ImportRequest { import_token, encrypted_key_material, valid_to, import_type } = request;
         let now = self.now();
-        if let Some(valid_to) = valid_to {
-            if valid_to <= now || valid_to > now + MAX_VALID_TO {
-                return Err(Error::validation(
-                    "ValidTo must be in the future and at most 365 days away",
-                ));
-            }
+        if let Some(valid_to) = valid_to
+            && (valid_to <= now || valid_to > now + MAX_VALID_TO)
+        {
+            return Err(Error::validation(
+                "ValidTo must be in the future and at most 365 days away",
+            ));
         }
         let key = self.resolve(key_ref, false).await?;
         super::lifecycle::check(OperationClass::Import, &key.record, &key.arn)?;

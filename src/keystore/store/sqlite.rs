@@ -79,10 +79,10 @@ impl SqliteStore {
                 other => Err(other),
             })
             .map_err(db)?;
-        if let Some(found) = found {
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION });
-            }
+        if let Some(found) = found
+            && found > SCHEMA_VERSION
+        {
+            return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION });
         }
         connection.execute_batch(SCHEMA).map_err(db)?;
         connection

@@ -5,25 +5,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// A keystore in a temporary directory, driven through the `kagi` binary.
-pub struct Kagi {
+pub(crate) struct Kagi {
     dir: tempfile::TempDir,
     /// The clock the binary sees (`KAGI_FAKE_NOW`), in epoch seconds.
-    pub now: i64,
+    pub(crate) now: i64,
 }
 
 /// What one run of the binary did.
-pub struct Run {
-    pub code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    pub fn stdout_text(&self) -> String {
+    pub(crate) fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not json ({e}): {}", self.stdout_text()))
     }
@@ -31,27 +31,27 @@ impl Run {
 
 impl Kagi {
     /// A fresh, initialised keystore.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let kagi = Self::uninitialised();
         kagi.ok(&["init"]);
         kagi
     }
 
     /// A temporary directory with no keystore yet.
-    pub fn uninitialised() -> Self {
+    pub(crate) fn uninitialised() -> Self {
         Self { dir: tempfile::tempdir().expect("tempdir"), now: 1_800_000_000 }
     }
 
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Runs `kagi --data-dir DIR ARGS…` with `stdin`.
-    pub fn run_with_input(&self, args: &[&str], stdin: &[u8]) -> Run {
+    pub(crate) fn run_with_input(&self, args: &[&str], stdin: &[u8]) -> Run {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kagi"))
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -71,19 +71,19 @@ impl Kagi {
         Run { code: status.code().unwrap_or(-1), stdout, stderr }
     }
 
-    pub fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         self.run_with_input(args, b"")
     }
 
     /// Runs and requires success.
-    pub fn ok(&self, args: &[&str]) -> Run {
+    pub(crate) fn ok(&self, args: &[&str]) -> Run {
         let run = self.run(args);
         assert_eq!(run.code, 0, "kagi {args:?} failed: {}", run.stderr);
         run
     }
 
     /// Runs and requires exit `code`, with one line on stderr.
-    pub fn fails(&self, args: &[&str], code: i32) -> Run {
+    pub(crate) fn fails(&self, args: &[&str], code: i32) -> Run {
         let run = self.run(args);
         assert_eq!(
             run.code,
@@ -97,24 +97,24 @@ impl Kagi {
     }
 
     /// Creates a key, returns its id.
-    pub fn create_key(&self, extra: &[&str]) -> String {
+    pub(crate) fn create_key(&self, extra: &[&str]) -> String {
         let mut args = vec!["--output", "json", "keys", "create"];
         args.extend_from_slice(extra);
         let metadata = self.ok(&args).json();
         metadata["KeyId"].as_str().expect("KeyId").to_owned()
     }
 
-    pub fn describe(&self, key: &str) -> serde_json::Value {
+    pub(crate) fn describe(&self, key: &str) -> serde_json::Value {
         self.ok(&["--output", "json", "keys", "describe", key]).json()
     }
 
-    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, bytes).expect("write");
         path
     }
 }
 
-pub fn arg(path: &Path) -> &str {
+pub(crate) fn arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
