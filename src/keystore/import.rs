@@ -8,7 +8,7 @@
 //! fingerprint (never the material) is kept to check that it is the same.
 
 use super::error::{Error, ErrorKind};
-use super::key::{ImportTokenRecord, KeyState, Origin, UnixSeconds, VersionRecord, VersionState};
+use super::key::{ImportTokenRecord, KeyState, Origin, UnixSeconds, VersionState};
 use super::lifecycle::OperationClass;
 use super::{KeySpec, Keystore, OpContext, material_from_bytes, rotation};
 use crate::crypto::{KeyPairSpec, OaepHash, SecretBytes};
@@ -290,12 +290,8 @@ impl Keystore {
                 if record.state != KeyState::PendingDeletion {
                     record.state = KeyState::PendingImport;
                 }
-                Ok(rotation::destroy_all(loaded)
-                    .into_iter()
-                    .filter(|v: &VersionRecord| {
-                        v.state != VersionState::PendingRotation || v.has_material()
-                    })
-                    .collect())
+                // Staged (PENDING_ROTATION) material goes too: it can be imported again.
+                Ok(rotation::destroy_all(loaded))
             })
             .await;
         self.audit_key(ctx, "DeleteImportedKeyMaterial", &outcome, |arn| arn)?;

@@ -33,6 +33,7 @@ pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub use ciphertext::EncryptionContext;
@@ -97,6 +98,12 @@ pub struct Keystore {
     audit: Arc<dyn AuditSink>,
     partition: Partition,
     cache: RwLock<HashMap<String, Arc<LoadedKey>>>,
+    /// Bumped by every invalidation: a load that started before one must not fill the cache,
+    /// or a key disabled meanwhile would keep working from a stale record.
+    generation: AtomicU64,
+    /// Serializes this process's changes to keys, so they do not spin on compare-and-swap
+    /// conflicts among themselves; the store's compare-and-swap still guards other processes.
+    write_lock: tokio::sync::Mutex<()>,
 }
 
 /// A key as cached: its record and its unsealed versions.
@@ -248,7 +255,17 @@ impl Keystore {
         audit: Arc<dyn AuditSink>,
         partition: Partition,
     ) -> Self {
-        Self { backend, store, root, clock, audit, partition, cache: RwLock::new(HashMap::new()) }
+        Self {
+            backend,
+            store,
+            root,
+            clock,
+            audit,
+            partition,
+            cache: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            write_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The crypto backend in use.
@@ -746,6 +763,7 @@ impl Keystore {
         {
             return Ok(Arc::clone(loaded));
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let record = self
             .store
             .key(&key_id)
@@ -753,10 +771,11 @@ impl Keystore {
             .ok_or_else(|| Error::not_found(format!("Key '{}'", self.key_arn(&key_id))))?;
         let versions = self.store.versions(&key_id).await?;
         let loaded = Arc::new(self.load(record, versions)?);
-        self.cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key_id, Arc::clone(&loaded));
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Cache only what no change has overtaken since the read began.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            cache.insert(key_id, Arc::clone(&loaded));
+        }
         Ok(loaded)
     }
 
@@ -832,7 +851,9 @@ impl Keystore {
     }
 
     fn invalidate(&self, key_id: &str) {
-        self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key_id);
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.remove(key_id);
     }
 
     /// Applies `change` to a key under compare-and-swap, retrying on a concurrent change.
@@ -849,7 +870,8 @@ impl Keystore {
         F: FnMut(&mut KeyRecord, &LoadedKey) -> Result<Vec<VersionRecord>, Error>,
     {
         let key_id = self.key_id_of(key_ref, allow_alias).await?;
-        // A handful of attempts: a conflict means another change committed in between.
+        let _writer = self.write_lock.lock().await;
+        // A handful of attempts: a conflict means another process committed in between.
         for _ in 0..8 {
             self.invalidate(&key_id);
             let loaded = self.resolve(&key_id, false).await?;
@@ -1090,7 +1112,8 @@ fn default_policy(partition: &Partition, _creator: &str) -> String {
 }
 
 /// Paginates `entries` (sorted by their first element) after `marker`. The marker is the sort
-/// key of the last item returned, so pages stay consistent while items are added.
+/// key of the last item returned (base64url), so pages stay consistent while items are added;
+/// a marker that does not decode is InvalidMarkerException, one that decodes is a position.
 fn paginate<T>(
     entries: Vec<(String, T)>,
     limit: Option<u32>,
@@ -1130,7 +1153,7 @@ fn decode_marker(marker: &str) -> Result<String, Error> {
         .decode(marker)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidMarker, "the marker is not one kagi issued"))
+        .ok_or_else(|| Error::new(ErrorKind::InvalidMarker, "the marker does not decode"))
 }
 
 impl RotationSchedule {

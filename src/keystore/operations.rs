@@ -299,10 +299,19 @@ impl Keystore {
                 key_material_id: None,
             });
         }
+        // A named key is checked first: an asymmetric key needs its algorithm, whatever the
+        // ciphertext's bytes look like.
+        let named = match key_ref {
+            Some(key_ref) => {
+                let named = self.crypto_key(key_ref, KeyUsage::EncryptDecrypt).await?;
+                check_algorithm(&named, algorithm)?;
+                Some(named)
+            }
+            None => None,
+        };
         let (header, _) = BlobHeader::decode(blob).ok_or_else(Error::invalid_ciphertext)?;
         let blob_key_id = uuid::Uuid::from_bytes(header.key_id).to_string();
-        if let Some(key_ref) = key_ref {
-            let named = self.resolve(key_ref, true).await?;
+        if let Some(named) = named {
             if named.record.id != blob_key_id {
                 return Err(Error::new(
                     ErrorKind::IncorrectKey,

@@ -51,6 +51,8 @@ pub struct SweepReport {
     pub rotated: Vec<String>,
     /// Keys whose imported material expired.
     pub expired: Vec<String>,
+    /// Steps that failed (the sweep goes on with the other keys).
+    pub failed: Vec<String>,
 }
 
 impl Keystore {
@@ -158,11 +160,20 @@ impl Keystore {
                 if key.spec != KeySpec::SymmetricDefault {
                     return Err(unsupported_rotation(&loaded.arn));
                 }
-                if key.state != KeyState::Enabled {
-                    return Err(Error::new(
-                        ErrorKind::Disabled,
-                        format!("{} is disabled.", loaded.arn),
-                    ));
+                match key.state {
+                    KeyState::Enabled => {}
+                    KeyState::PendingImport => {
+                        return Err(Error::new(
+                            ErrorKind::InvalidState,
+                            format!("{} is pending import.", loaded.arn),
+                        ));
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Disabled,
+                            format!("{} is disabled.", loaded.arn),
+                        ));
+                    }
                 }
                 if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
                     return Err(Error::new(
@@ -237,18 +248,29 @@ impl Keystore {
         let now = self.now();
         let mut report = SweepReport::default();
         for record in self.store().keys().await? {
-            if record.state == KeyState::PendingDeletion
-                && record.deletion_date.is_some_and(|d| d <= now)
-            {
+            // Each step re-checks, on the fresh record inside the compare-and-swap, that its
+            // work is still due: a deletion cancelled since the list was read is not carried
+            // out. One key's failure is reported and the sweep goes on.
+            if record.state == KeyState::PendingDeletion {
                 let outcome = self
                     .update(&record.id, false, OperationClass::Read, |key, loaded| {
+                        let due = key.state == KeyState::PendingDeletion
+                            && key.deletion_date.is_some_and(|d| d <= now);
+                        if !due {
+                            return Err(not_due());
+                        }
                         key.state = KeyState::Deleted;
                         key.rotation = None;
                         Ok(destroy_all(loaded))
                     })
                     .await;
-                self.audit_key(ctx, "DeleteKey", &outcome, |arn| arn)?;
-                report.deleted.push(outcome?);
+                self.sweep_step(
+                    ctx,
+                    "DeleteKey",
+                    outcome,
+                    &mut report.deleted,
+                    &mut report.failed,
+                )?;
                 continue;
             }
             let expiring = self
@@ -275,30 +297,65 @@ impl Keystore {
                                 }
                             }
                         }
+                        if changed.is_empty() {
+                            return Err(not_due());
+                        }
                         Ok(changed)
                     })
                     .await;
-                self.audit_key(ctx, "KeyMaterialExpired", &outcome, |arn| arn)?;
-                report.expired.push(outcome?);
+                self.sweep_step(
+                    ctx,
+                    "KeyMaterialExpired",
+                    outcome,
+                    &mut report.expired,
+                    &mut report.failed,
+                )?;
             }
-            let due = record.state == KeyState::Enabled
-                && record.rotation.as_ref().is_some_and(|r| r.next_rotation <= now);
-            if due {
+            if record.rotation.is_some() {
                 let outcome = self
-                    .update(&record.id, false, OperationClass::Cryptographic, |key, loaded| {
-                        let Some(schedule) = key.rotation.as_mut() else {
-                            return Ok(Vec::new());
+                    .update(&record.id, false, OperationClass::Read, |key, loaded| {
+                        let enabled = key.state == KeyState::Enabled;
+                        let Some(schedule) = key.rotation.as_mut().filter(|_| enabled) else {
+                            return Err(not_due());
                         };
+                        if schedule.next_rotation > now {
+                            return Err(not_due());
+                        }
                         // Catch up in one rotation, then schedule from now.
                         schedule.next_rotation = now + i64::from(schedule.period_days) * 86_400;
                         self.rotate(key, loaded, now, RotationType::Automatic)
                     })
                     .await;
-                self.audit_key(ctx, "RotateKey", &outcome, |arn| arn)?;
-                report.rotated.push(outcome?);
+                self.sweep_step(
+                    ctx,
+                    "RotateKey",
+                    outcome,
+                    &mut report.rotated,
+                    &mut report.failed,
+                )?;
             }
         }
         Ok(report)
+    }
+
+    /// Records one sweep step: audited and listed when done or failed, silent when not due.
+    fn sweep_step(
+        &self,
+        ctx: &OpContext,
+        operation: &str,
+        outcome: Result<String, Error>,
+        done: &mut Vec<String>,
+        failed: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        if outcome.as_ref().is_err_and(is_not_due) {
+            return Ok(());
+        }
+        self.audit_key(ctx, operation, &outcome, |arn| arn)?;
+        match outcome {
+            Ok(arn) => done.push(arn),
+            Err(error) => failed.push(format!("{operation}: {error}")),
+        }
+        Ok(())
     }
 
     /// Makes a new version current: generated for AWS_KMS keys, the pending-rotation import for
@@ -321,7 +378,7 @@ impl Keystore {
                 let pending = loaded
                     .versions
                     .values()
-                    .find(|v| v.record.state == VersionState::PendingRotation)
+                    .find(|v| v.record.state == VersionState::PendingRotation && v.material.is_some())
                     .ok_or_else(|| {
                         Error::new(
                             ErrorKind::UnsupportedOperation,
@@ -342,6 +399,17 @@ impl Keystore {
         });
         Ok(changed)
     }
+}
+
+const NOT_DUE: &str = "no longer due";
+
+/// The sweeper's "nothing to do after all": the fresh record no longer needs the step.
+fn not_due() -> Error {
+    Error::new(ErrorKind::Conflict, NOT_DUE)
+}
+
+fn is_not_due(error: &Error) -> bool {
+    error.kind() == ErrorKind::Conflict && error.message() == NOT_DUE
 }
 
 fn check_auto_rotatable(key: &KeyRecord, arn: &str) -> Result<(), Error> {
