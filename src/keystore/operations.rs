@@ -311,13 +311,13 @@ impl Keystore {
         };
         let (header, _) = BlobHeader::decode(blob).ok_or_else(Error::invalid_ciphertext)?;
         let blob_key_id = uuid::Uuid::from_bytes(header.key_id).to_string();
-        if let Some(named) = named {
-            if named.record.id != blob_key_id {
-                return Err(Error::new(
-                    ErrorKind::IncorrectKey,
-                    "the key ID in the request does not identify the key that encrypted the ciphertext",
-                ));
-            }
+        if let Some(named) = named
+            && named.record.id != blob_key_id
+        {
+            return Err(Error::new(
+                ErrorKind::IncorrectKey,
+                "the key ID in the request does not identify the key that encrypted the ciphertext",
+            ));
         }
         let key = self.resolve(&blob_key_id, false).await.map_err(|error| match error.kind() {
             // A blob naming no key here is just an invalid ciphertext.
