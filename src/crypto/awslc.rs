@@ -279,6 +279,11 @@ impl PrivateKey for AwsLcPrivateKey {
         if !is_spki(peer_spki) {
             return Err(Error::InvalidKey("peer key is not a der subjectpublickeyinfo"));
         }
+        // Only a named curve: aws-lc would also accept a key that spells out the curve's
+        // parameters (Wycheproof's explicit-parameter vectors), the RustCrypto backend would not.
+        if !names_curve(peer_spki, curve) {
+            return Err(Error::InvalidKey("peer key does not name this curve"));
+        }
         let algorithm = ecdh_algorithm(curve);
         let private =
             agreement::PrivateKey::from_private_key_der(algorithm, self.pkcs8.expose_secret())
@@ -451,6 +456,24 @@ fn pkcs8_of(key: &rsa::KeyPair) -> Result<Vec<u8>> {
     let document: Pkcs8V1Der<'static> =
         key.as_der().map_err(|_| Error::Internal("rsa pkcs#8 encoding failed"))?;
     Ok(document.as_ref().to_vec())
+}
+
+/// Whether a DER SubjectPublicKeyInfo's AlgorithmIdentifier is id-ecPublicKey with the named
+/// curve `curve` (not explicit parameters).
+fn names_curve(spki: &[u8], curve: EcCurve) -> bool {
+    const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let curve_oid: &[u8] = match curve {
+        EcCurve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        EcCurve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+        EcCurve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+        EcCurve::Secp256k1 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a],
+    };
+    let mut identifier = EC_PUBLIC_KEY.to_vec();
+    identifier.extend_from_slice(curve_oid);
+    // The AlgorithmIdentifier SEQUENCE is the first element: its contents begin at offset 4
+    // (short-form lengths) or later; look for the OID pair within the header.
+    let header = &spki[..spki.len().min(32)];
+    header.windows(identifier.len()).any(|window| window == identifier.as_slice())
 }
 
 /// A DER SubjectPublicKeyInfo starts with a SEQUENCE whose first element is the

@@ -166,10 +166,11 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
         ciphertext_and_tag: &[u8],
     ) -> Result<SecretBytes>;
 
-    /// HMAC of `message` under `key`.
+    /// HMAC of `message` under `key` (any length, the empty key included, as RFC 2104 allows;
+    /// the keystore only ever passes keys of the spec's length).
     ///
     /// # Errors
-    /// [`Error::InvalidKey`] for an empty key.
+    /// Only on library failure.
     fn hmac(&self, algorithm: MacAlgorithm, key: &[u8], message: &[u8]) -> Result<Vec<u8>>;
 
     /// Checks an HMAC in constant time.

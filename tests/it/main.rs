@@ -1,0 +1,22 @@
+//! kagi's integration tests: one test binary (`cargo test --test it`), one module per area.
+//!
+//! Every crypto test loops over [`kagi::crypto::BackendKind::ALL`], so each backend is held to
+//! the same vectors and properties, and the two are checked against each other.
+
+// Every applicable Wycheproof vector (AES-GCM, ECDSA, RSA PKCS#1/PSS/OAEP, HMAC, ECDH, HKDF),
+// on each backend.
+mod wycheproof;
+
+// Cross-backend checks: keys, signatures, ciphertexts and MACs made by one backend are accepted
+// (or reproduced) by the other.
+mod differential;
+
+// Property tests of the crypto layer: AEAD round trips and tampering, malformed input never
+// panics and fails with the documented error, secrets stay out of `Debug`.
+mod crypto_props;
+
+// The harness: temporary data directories and the real `kagi` binary run against them.
+mod support;
+
+// The `kagi` command line end to end: every command, state transition and refusal.
+mod cli;
