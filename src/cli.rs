@@ -911,8 +911,6 @@ fn open(
     data_dir: &Path,
     root_source: &RootKeySource,
 ) -> Result<Keystore, Error> {
-    let audit = JsonLinesSink::open(&data_dir.join("audit.log"));
-    // Open the keystore first: a directory without a keystore is the error to report.
     let clock: Arc<dyn Clock> =
         match std::env::var("KAGI_FAKE_NOW") {
             // Testing hook: pin the clock (epoch seconds) so tests can move time past deletion
@@ -932,7 +930,12 @@ fn open(
             ),
         ));
     }
-    let audit = Arc::new(audit.map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?);
+    // Checked before the audit log is opened, so a directory without a keystore gets no
+    // audit.log created in it.
+    let audit = Arc::new(
+        JsonLinesSink::open(&data_dir.join("audit.log"))
+            .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
+    );
     Keystore::open(backend, data_dir, root_source, clock, audit, Partition::default())
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
 }

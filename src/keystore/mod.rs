@@ -48,7 +48,7 @@ pub use root::{RootKey, RootKeySource};
 pub use rotation::{RotationEntry, RotationStatus, SweepReport};
 
 use crate::audit::{AuditEvent, AuditSink};
-use crate::crypto::{AesKey, CryptoBackend, PrivateKey, SecretBytes};
+use crate::crypto::{AesKey, CryptoBackend, PrivateKey, PublicKey, SecretBytes};
 use clock::Clock;
 use key::{AliasRecord, KeyRecord, RotationSchedule, VersionRecord, VersionState};
 use lifecycle::OperationClass;
@@ -110,6 +110,8 @@ pub struct Keystore {
 #[derive(Debug)]
 pub(crate) struct LoadedKey {
     pub(crate) record: KeyRecord,
+    /// The key id's UUID bytes, as the ciphertext blob carries them.
+    pub(crate) uuid: [u8; 16],
     pub(crate) arn: String,
     pub(crate) versions: BTreeMap<u32, LoadedVersion>,
 }
@@ -129,7 +131,15 @@ pub(crate) struct LoadedVersion {
 pub(crate) enum Material {
     Aes(AesKey),
     Hmac(SecretBytes),
-    Pair(Box<dyn PrivateKey>),
+    Pair(KeyPair),
+}
+
+/// An asymmetric version: the private key and its public half, both parsed once when the
+/// version is unsealed (verification and OAEP encryption need no per-call parsing).
+#[derive(Debug)]
+pub(crate) struct KeyPair {
+    pub(crate) private: Box<dyn PrivateKey>,
+    pub(crate) public: Box<dyn PublicKey>,
 }
 
 /// Metadata of a key, as DescribeKey returns it.
@@ -783,9 +793,9 @@ impl Keystore {
         if key_ref.is_empty() || key_ref.len() > 2048 {
             return Err(Error::validation("KeyId must have length between 1 and 2048"));
         }
-        let arn_prefix =
-            format!("arn:aws:kms:{}:{}:", self.partition.region, self.partition.account);
         let local = if let Some(rest) = key_ref.strip_prefix("arn:") {
+            let arn_prefix =
+                format!("arn:aws:kms:{}:{}:", self.partition.region, self.partition.account);
             let Some(local) = key_ref.strip_prefix(arn_prefix.as_str()) else {
                 // A well-formed ARN of another region or account names no key here.
                 let parts: Vec<&str> = rest.splitn(5, ':').collect();
@@ -847,7 +857,10 @@ impl Keystore {
             };
             loaded.insert(version.version, LoadedVersion { record: version, material });
         }
-        Ok(LoadedKey { record, arn, versions: loaded })
+        let uuid = *uuid::Uuid::try_parse(&record.id)
+            .map_err(|_| Error::internal("stored key id is not a uuid"))?
+            .as_bytes();
+        Ok(LoadedKey { record, uuid, arn, versions: loaded })
     }
 
     fn invalidate(&self, key_id: &str) {
@@ -1035,7 +1048,9 @@ pub(crate) fn material_from_bytes(
     bytes: SecretBytes,
 ) -> Result<Material, Error> {
     if let Some(pair) = spec.key_pair_spec() {
-        return Ok(Material::Pair(backend.load_private_key(pair, bytes.expose_secret())?));
+        let private = backend.load_private_key(pair, bytes.expose_secret())?;
+        let public = backend.load_public_key(pair, &private.public_key_der())?;
+        return Ok(Material::Pair(KeyPair { private, public }));
     }
     if spec == KeySpec::SymmetricDefault {
         return Ok(Material::Aes(AesKey::from_slice(bytes.expose_secret())?));

@@ -11,7 +11,7 @@ use super::ciphertext::{self, BlobHeader, EncryptionContext};
 use super::error::{Error, ErrorKind};
 use super::key::KeyUsage;
 use super::lifecycle::{self, OperationClass};
-use super::{KeySpec, Keystore, LoadedKey, LoadedVersion, Material, OpContext};
+use super::{KeyPair, KeySpec, Keystore, LoadedKey, LoadedVersion, Material, OpContext};
 use crate::crypto::{
     KeyPairSpec, MacAlgorithm, NONCE_LEN, OaepHash, SecretBytes, SignInput, SigningAlgorithm,
 };
@@ -216,12 +216,7 @@ impl Keystore {
                 }
                 Some(hash) => {
                     no_context(context)?;
-                    let Some(Material::Pair(private)) = &current(&key)?.material else {
-                        return Err(Error::internal("rsa key without material; this is a bug"));
-                    };
-                    let public =
-                        self.backend.load_public_key(private.spec(), &private.public_key_der())?;
-                    let blob = public.encrypt_oaep(hash, plaintext)?;
+                    let blob = key_pair(&key)?.public.encrypt_oaep(hash, plaintext)?;
                     Ok(EncryptOutput {
                         ciphertext_blob: blob,
                         key_arn: key.arn.clone(),
@@ -288,10 +283,7 @@ impl Keystore {
             let key = self.crypto_key(key_ref, KeyUsage::EncryptDecrypt).await?;
             check_algorithm(&key, algorithm)?;
             no_context(context)?;
-            let Some(Material::Pair(private)) = &current(&key)?.material else {
-                return Err(Error::internal("rsa key without material; this is a bug"));
-            };
-            let plaintext = private.decrypt_oaep(hash, blob)?;
+            let plaintext = key_pair(&key)?.private.decrypt_oaep(hash, blob)?;
             return Ok(DecryptOutput {
                 plaintext,
                 key_arn: key.arn.clone(),
@@ -371,11 +363,7 @@ impl Keystore {
                 }
                 Some(hash) => {
                     no_context(destination_context)?;
-                    let Some(Material::Pair(private)) = &current(&destination)?.material else {
-                        return Err(Error::internal("rsa key without material; this is a bug"));
-                    };
-                    let public =
-                        self.backend.load_public_key(private.spec(), &private.public_key_der())?;
+                    let public = &key_pair(&destination)?.public;
                     (public.encrypt_oaep(hash, source.plaintext.expose_secret())?, None)
                 }
             };
@@ -529,11 +517,9 @@ impl Keystore {
         let outcome = async {
             check_message(message)?;
             let key = self.crypto_key(key_ref, KeyUsage::SignVerify).await?;
-            let Some(Material::Pair(private)) = &current(&key)?.material else {
-                return Err(Error::internal("signing key without material; this is a bug"));
-            };
+            let pair = key_pair(&key)?;
             check_signing_algorithm(&key, algorithm)?;
-            let signature = private.sign(algorithm, sign_input(message, message_type))?;
+            let signature = pair.private.sign(algorithm, sign_input(message, message_type))?;
             Ok((signature, key.arn.clone()))
         }
         .await;
@@ -567,12 +553,9 @@ impl Keystore {
                 return Err(Error::validation("Signature must be 1 to 6144 bytes"));
             }
             let key = self.crypto_key(key_ref, KeyUsage::SignVerify).await?;
-            let Some(Material::Pair(private)) = &current(&key)?.material else {
-                return Err(Error::internal("signing key without material; this is a bug"));
-            };
+            let pair = key_pair(&key)?;
             check_signing_algorithm(&key, algorithm)?;
-            let public = self.backend.load_public_key(private.spec(), &private.public_key_der())?;
-            public.verify(algorithm, sign_input(message, message_type), signature)?;
+            pair.public.verify(algorithm, sign_input(message, message_type), signature)?;
             Ok(key.arn.clone())
         }
         .await;
@@ -592,7 +575,7 @@ impl Keystore {
         let outcome = async {
             let key = self.resolve(key_ref, true).await?;
             lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
-            let Some(Material::Pair(private)) = &current(&key)?.material else {
+            let Some(Material::Pair(pair)) = &current(&key)?.material else {
                 return Err(Error::new(
                     ErrorKind::UnsupportedOperation,
                     format!("{} is not an asymmetric key", key.arn),
@@ -600,7 +583,7 @@ impl Keystore {
             };
             Ok(PublicKeyInfo {
                 key_arn: key.arn.clone(),
-                public_key: private.public_key_der(),
+                public_key: pair.private.public_key_der(),
                 spec: key.record.spec,
                 usage: key.record.usage,
             })
@@ -691,12 +674,8 @@ impl Keystore {
     ) -> Result<(SecretBytes, String, String), Error> {
         let outcome = async {
             let key = self.crypto_key(key_ref, KeyUsage::KeyAgreement).await?;
-            let version = current(&key)?;
-            let Some(Material::Pair(private)) = &version.material else {
-                return Err(Error::internal("key agreement key without material; this is a bug"));
-            };
-            let secret = private.agree(peer_public_key)?;
-            Ok((secret, key.arn.clone(), version.record.material_id.clone()))
+            let secret = key_pair(&key)?.private.agree(peer_public_key)?;
+            Ok((secret, key.arn.clone(), current(&key)?.record.material_id.clone()))
         }
         .await;
         self.audit_crypto(
@@ -744,11 +723,8 @@ impl Keystore {
         };
         let mut nonce = [0u8; NONCE_LEN];
         self.backend.fill_random(&mut nonce)?;
-        let key_id = uuid::Uuid::try_parse(&key.record.id)
-            .map_err(|_| Error::internal("stored key id is not a uuid"))?;
         let header =
-            BlobHeader { key_id: *key_id.as_bytes(), version: version.record.version, nonce }
-                .encode();
+            BlobHeader { key_id: key.uuid, version: version.record.version, nonce }.encode();
         let aad = ciphertext::associated_data(&header, context);
         let sealed = self.backend.seal(aes, &nonce, &aad, plaintext)?;
         let mut blob = Vec::with_capacity(header.len() + sealed.len());
@@ -799,6 +775,14 @@ fn current(key: &LoadedKey) -> Result<&LoadedVersion, Error> {
         .ok_or_else(|| {
             Error::new(ErrorKind::InvalidState, format!("{} is pending import.", key.arn))
         })
+}
+
+/// The current version's key pair, for operations whose key usage already implies one.
+fn key_pair(key: &LoadedKey) -> Result<&KeyPair, Error> {
+    match &current(key)?.material {
+        Some(Material::Pair(pair)) => Ok(pair),
+        _ => Err(Error::internal("asymmetric key without a key pair; this is a bug")),
+    }
 }
 
 fn check_algorithm(key: &LoadedKey, algorithm: EncryptionAlgorithm) -> Result<(), Error> {
