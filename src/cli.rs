@@ -15,6 +15,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod serve;
+
 use crate::audit::JsonLinesSink;
 use crate::crypto::{BackendKind, MacAlgorithm, SigningAlgorithm};
 use crate::error::{Error, exit_code};
@@ -81,6 +83,8 @@ pub enum Command {
     Mac(MacArgs),
     /// Generates a data key under a key.
     DataKey(DataKeyArgs),
+    /// Serves the AWS-KMS-compatible API (and later the proxy) from a TOML configuration.
+    Serve(serve::ServeArgs),
 }
 
 /// `kagi keys …`.
@@ -365,6 +369,9 @@ where
             };
         }
     };
+    if let Command::Serve(serve) = &args.command {
+        return serve::run(&args, serve);
+    }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
             Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
@@ -398,7 +405,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     let ctx = cli_context(&keystore)?;
     let out = Printer { output: args.output };
     match args.command {
-        Command::Init | Command::Demo => Ok(()),
+        Command::Init | Command::Demo | Command::Serve(_) => Ok(()),
         Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,
         Command::Aliases(command) => aliases(&keystore, &ctx, &out, command).await,
         Command::Encrypt(a) => {
@@ -911,6 +918,16 @@ fn open(
     data_dir: &Path,
     root_source: &RootKeySource,
 ) -> Result<Keystore, Error> {
+    keystore_with_partition(backend, data_dir, root_source, Partition::default())
+}
+
+/// Opens the keystore in `data_dir` with its audit trail, ARNs in `partition`.
+fn keystore_with_partition(
+    backend: &'static dyn crate::crypto::CryptoBackend,
+    data_dir: &Path,
+    root_source: &RootKeySource,
+    partition: Partition,
+) -> Result<Keystore, Error> {
     let clock: Arc<dyn Clock> =
         match std::env::var("KAGI_FAKE_NOW") {
             // Testing hook: pin the clock (epoch seconds) so tests can move time past deletion
@@ -936,7 +953,7 @@ fn open(
         JsonLinesSink::open(&data_dir.join("audit.log"))
             .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
     );
-    Keystore::open(backend, data_dir, root_source, clock, audit, Partition::default())
+    Keystore::open(backend, data_dir, root_source, clock, audit, partition)
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
 }
 

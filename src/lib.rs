@@ -7,11 +7,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod keystore;
+pub mod metrics;
+pub mod policy;
+pub mod server;
 
 pub use cli::run;
 pub use error::Error;

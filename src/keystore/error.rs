@@ -8,6 +8,8 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum ErrorKind {
     // The caller.
+    /// `AccessDeniedException`: no policy or grant allows the call, or one denies it.
+    AccessDenied,
     /// `AlreadyExistsException`: an alias name in use.
     AlreadyExists,
     /// `ConflictException`: a concurrent change won, or a rotation is due.
@@ -46,6 +48,8 @@ pub enum ErrorKind {
     Tag,
     /// `UnsupportedOperationException`: e.g. rotating an asymmetric key.
     UnsupportedOperation,
+    /// `ThrottlingException`: the caller's request quota is used up.
+    Throttling,
     /// `ValidationException`: a parameter out of range.
     Validation,
     // The server.
@@ -59,6 +63,7 @@ impl ErrorKind {
     /// The AWS KMS exception name (`__type` on the wire).
     pub fn aws_name(self) -> &'static str {
         match self {
+            Self::AccessDenied => "AccessDeniedException",
             Self::AlreadyExists => "AlreadyExistsException",
             Self::Conflict => "ConflictException",
             Self::Disabled => "DisabledException",
@@ -78,9 +83,21 @@ impl ErrorKind {
             Self::NotFound => "NotFoundException",
             Self::Tag => "TagException",
             Self::UnsupportedOperation => "UnsupportedOperationException",
+            Self::Throttling => "ThrottlingException",
             Self::Validation => "ValidationException",
             Self::DependencyTimeout => "DependencyTimeoutException",
             Self::Internal => "KMSInternalException",
+        }
+    }
+
+    /// The HTTP status AWS answers this error with (../shared/reference/kms-errors.md).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::NotFound => 404,
+            Self::AlreadyExists | Self::Conflict | Self::Disabled | Self::InvalidState => 409,
+            Self::Internal => 500,
+            Self::DependencyTimeout => 503,
+            _ => 400,
         }
     }
 

@@ -20,6 +20,7 @@
 //! this process makes. One process owns a data directory (see ARCHITECTURE.md), so the cache is
 //! never stale.
 
+mod access;
 pub mod ciphertext;
 pub mod clock;
 mod error;
@@ -36,6 +37,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+pub use access::AccessTarget;
 pub use ciphertext::EncryptionContext;
 pub use error::{Error, ErrorKind};
 pub use import::{ImportParameters, ImportRequest, ImportType, WrappingAlgorithm};

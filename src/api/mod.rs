@@ -1,0 +1,390 @@
+//! The AWS-KMS-compatible API: AWS JSON 1.1 over HTTPS, SigV4, key policies, quotas.
+//!
+//! [`Api::handle`] takes one whole request and answers it; it is HTTP-version agnostic (the
+//! server feeds it HTTP/1.1 and HTTP/2 alike). Each request goes: authenticate (SigV4) →
+//! identify the operation → quota → parse → authorize (key policy) → keystore (which audits) →
+//! answer, log line, metrics. Business rules stay in the keystore; this module only translates.
+
+mod operations;
+pub mod sigv4;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use serde_json::Value;
+
+use crate::config::{Principal, Principals, Quotas};
+use crate::keystore::{self, AccessTarget, EncryptionContext, ErrorKind, Keystore, OpContext};
+use crate::metrics::Metrics;
+use crate::policy::quota::Limiter;
+use crate::policy::{self, Decision, Policy};
+
+pub use wire::metadata_json;
+
+/// The JSON protocol's content type.
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The `X-Amz-Target` prefix of every KMS operation.
+pub const TARGET_PREFIX: &str = "TrentService.";
+/// The largest request body accepted, in bytes (the largest KMS input, a 32 KiB policy or an
+/// imported RSA-4096 key, fits with room to spare).
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// An error as the wire carries it.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// The `__type`.
+    pub code: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(code: &'static str, status: u16, message: impl Into<String>) -> Self {
+        Self { code, status, message: message.into() }
+    }
+
+    /// `SerializationException`: the body or a member has the wrong JSON type.
+    pub fn serialization(message: impl Into<String>) -> Self {
+        Self::new("SerializationException", 400, message)
+    }
+
+    /// `ValidationException`: a value is missing, out of range or too long.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new("ValidationException", 400, message)
+    }
+
+    /// `UnsupportedOperationException`.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new("UnsupportedOperationException", 400, message)
+    }
+}
+
+impl From<keystore::Error> for ApiError {
+    fn from(error: keystore::Error) -> Self {
+        let kind = error.kind();
+        Self::new(kind.aws_name(), kind.http_status(), error.message())
+    }
+}
+
+impl From<sigv4::AuthError> for ApiError {
+    fn from(error: sigv4::AuthError) -> Self {
+        Self::new(error.code(), error.status(), error.to_string())
+    }
+}
+
+/// A request being served: who calls, and what the log line and audit need.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    pub(crate) principal: &'a Principal,
+    pub(crate) principal_arn: String,
+    pub(crate) ctx: OpContext,
+    pub(crate) operation: &'static str,
+    /// The key the request concerned, once known (for the log line).
+    pub(crate) key_arn: Option<String>,
+    pub(crate) dry_run: bool,
+}
+
+/// When and how a key was last used (GetKeyLastUsage).
+#[derive(Clone, Debug)]
+pub(crate) struct LastUse {
+    pub(crate) operation: &'static str,
+    pub(crate) time: i64,
+    pub(crate) request_id: String,
+}
+
+/// The API service.
+#[derive(Debug)]
+pub struct Api {
+    keystore: Arc<Keystore>,
+    principals: Arc<Principals>,
+    limiter: Limiter,
+    metrics: Arc<Metrics>,
+    /// Parsed policies by key id, with the revision they were parsed at.
+    policies: Mutex<HashMap<String, (u64, Arc<Policy>)>>,
+    last_use: Mutex<HashMap<String, LastUse>>,
+    /// When last-use tracking started (the server's start).
+    tracking_start: i64,
+    started: Instant,
+}
+
+impl Api {
+    /// An API over `keystore`, authenticating `principals`, with `quotas`.
+    pub fn new(
+        keystore: Arc<Keystore>,
+        principals: Arc<Principals>,
+        quotas: Quotas,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let tracking_start = keystore.now();
+        Self {
+            keystore,
+            principals,
+            limiter: Limiter::new(quotas),
+            metrics,
+            policies: Mutex::new(HashMap::new()),
+            last_use: Mutex::new(HashMap::new()),
+            tracking_start,
+            started: Instant::now(),
+        }
+    }
+
+    /// The keystore behind the API.
+    pub fn keystore(&self) -> &Arc<Keystore> {
+        &self.keystore
+    }
+
+    /// Answers one request. `body` is the whole body, or the error reading it gave (the
+    /// server enforces [`MAX_BODY`]).
+    pub async fn handle(
+        &self,
+        parts: &http::request::Parts,
+        body: Result<Bytes, ApiError>,
+        peer: SocketAddr,
+    ) -> http::Response<Bytes> {
+        let start = Instant::now();
+        let request_id = self.request_id();
+        let mut log = LogLine { operation: "-", principal: "-".into(), key: None };
+        let answer = self.answer(parts, body, peer, &request_id, &mut log).await;
+        let (status, body, code) = match answer {
+            Ok(value) => (200, serde_json::to_vec(&value).unwrap_or_default(), None),
+            Err(error) => {
+                let body = serde_json::json!({"__type": error.code, "message": error.message});
+                (error.status, serde_json::to_vec(&body).unwrap_or_default(), Some(error.code))
+            }
+        };
+        let elapsed = start.elapsed();
+        let outcome = code.unwrap_or("success");
+        self.metrics.api_request(log.operation, outcome, elapsed);
+        tracing::info!(
+            target: "kagi::api",
+            method = %parts.method,
+            operation = log.operation,
+            principal = %log.principal,
+            key = log.key.as_deref().unwrap_or("-"),
+            outcome,
+            status,
+            latency_us = elapsed.as_micros() as u64,
+            request_id = %request_id,
+            peer = %peer,
+        );
+        let mut response = http::Response::new(Bytes::from(body));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-amzn-requestid", value);
+        }
+        if let Some(code) = code {
+            headers.insert("x-amzn-errortype", HeaderValue::from_static(code));
+        }
+        response
+    }
+
+    async fn answer(
+        &self,
+        parts: &http::request::Parts,
+        body: Result<Bytes, ApiError>,
+        peer: SocketAddr,
+        request_id: &str,
+        log: &mut LogLine,
+    ) -> Result<Value, ApiError> {
+        let body = body?;
+        let body = body.as_ref();
+        // Authenticate before anything else.
+        let request = sigv4::RequestParts {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            body,
+        };
+        let partition = self.keystore.partition();
+        let verified = sigv4::verify(
+            request,
+            self.keystore.now(),
+            |region| region == partition.region,
+            |akid| self.principals.get(akid).map(|p| p.secret.expose_secret()),
+        )?;
+        let principal = self
+            .principals
+            .get(verified.access_key_id)
+            .ok_or_else(|| ApiError::from(sigv4::AuthError::UnknownAccessKey))?;
+        log.principal.clone_from(&principal.name);
+        if parts.method != Method::POST || parts.uri.path() != "/" {
+            return Err(ApiError::new(
+                "UnknownOperationException",
+                400,
+                "KMS takes POST / with an X-Amz-Target header",
+            ));
+        }
+        let target = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let operation = target
+            .strip_prefix(TARGET_PREFIX)
+            .and_then(operations::lookup)
+            .ok_or_else(|| ApiError::new("UnknownOperationException", 400, ""))?;
+        log.operation = operation.name;
+        let ctx = OpContext {
+            principal: principal.name.clone(),
+            source: peer.ip().to_string(),
+            request_id: request_id.to_owned(),
+        };
+        let mut call = Call {
+            principal,
+            principal_arn: policy::user_arn(&partition.account, &principal.name),
+            ctx,
+            operation: operation.name,
+            key_arn: None,
+            dry_run: false,
+        };
+        if !self.limiter.try_acquire(
+            &principal.name,
+            operation.class,
+            self.started.elapsed().as_secs_f64(),
+        ) {
+            let error = keystore::Error::new(
+                ErrorKind::Throttling,
+                "You have exceeded the rate at which you may call KMS. Reduce the frequency of \
+                 your calls.",
+            );
+            self.keystore.audit_refusal(&call.ctx, operation.name, None, &error)?;
+            return Err(error.into());
+        }
+        let input = wire::Input::parse(body)?;
+        call.dry_run = input.opt_bool("DryRun")?.unwrap_or(false);
+        let result = self.dispatch(&mut call, input).await;
+        log.key = call.key_arn.take();
+        result
+    }
+
+    fn request_id(&self) -> String {
+        self.keystore.new_uuid().unwrap_or_else(|_| {
+            uuid::Builder::from_random_bytes(rand_fallback()).into_uuid().to_string()
+        })
+    }
+
+    /// Authorizes `action` on the key `key_ref` names for `call`: the key policy must allow it
+    /// and nothing may deny it. Denials are audited.
+    pub(crate) async fn authorize(
+        &self,
+        call: &mut Call<'_>,
+        action: &str,
+        key_ref: &str,
+        context: Option<&EncryptionContext>,
+    ) -> Result<AccessTarget, ApiError> {
+        let target = self.keystore.access_target(key_ref).await?;
+        call.key_arn = Some(target.arn.clone());
+        let decision = match self.policy(&target) {
+            Some(policy) => {
+                let partition = self.keystore.partition();
+                policy.evaluate(&policy::Request {
+                    principal_arn: &call.principal_arn,
+                    account: &partition.account,
+                    action,
+                    resource: &target.arn,
+                    encryption_context: context,
+                })
+            }
+            None => Decision::ImplicitDeny,
+        };
+        match decision {
+            Decision::Allow => Ok(target),
+            denied => {
+                let why = match denied {
+                    Decision::ExplicitDeny(_) => "with an explicit deny in a resource-based policy",
+                    _ => "because no resource-based policy allows the action",
+                };
+                let error = keystore::Error::new(
+                    ErrorKind::AccessDenied,
+                    format!(
+                        "User: {} is not authorized to perform: {action} on resource: {} {why}",
+                        call.principal_arn, target.arn
+                    ),
+                );
+                self.keystore.audit_refusal(
+                    &call.ctx,
+                    call.operation,
+                    Some(&target.arn),
+                    &error,
+                )?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Authorizes an account-level action (CreateKey, ListKeys, ListAliases, GenerateRandom):
+    /// in AWS an IAM policy decides; in kagi, administrators may, others may not.
+    pub(crate) fn authorize_account(&self, call: &Call<'_>, action: &str) -> Result<(), ApiError> {
+        if call.principal.administrator
+            || call
+                .principal
+                .account_actions
+                .iter()
+                .any(|a| policy::wildcard_match(a, action, true))
+        {
+            return Ok(());
+        }
+        let error = keystore::Error::new(
+            ErrorKind::AccessDenied,
+            format!(
+                "User: {} is not authorized to perform: {action} because no identity-based \
+                 policy allows the action",
+                call.principal_arn
+            ),
+        );
+        self.keystore.audit_refusal(&call.ctx, call.operation, None, &error)?;
+        Err(error.into())
+    }
+
+    /// The parsed policy of `target`, from the cache while its revision is unchanged. A stored
+    /// policy that no longer parses allows nothing.
+    fn policy(&self, target: &AccessTarget) -> Option<Arc<Policy>> {
+        let mut cache = self.policies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((revision, policy)) = cache.get(&target.key_id)
+            && *revision == target.revision
+        {
+            return Some(Arc::clone(policy));
+        }
+        let policy = Arc::new(Policy::parse(&target.policy).ok()?);
+        cache.insert(target.key_id.clone(), (target.revision, Arc::clone(&policy)));
+        Some(policy)
+    }
+
+    /// Notes a successful cryptographic use of a key (GetKeyLastUsage).
+    pub(crate) fn note_use(&self, call: &Call<'_>, key_arn: &str) {
+        let mut uses = self.last_use.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uses.insert(
+            key_arn.to_owned(),
+            LastUse {
+                operation: call.operation,
+                time: self.keystore.now(),
+                request_id: call.ctx.request_id.clone(),
+            },
+        );
+    }
+}
+
+/// Only reached if the OS random source fails, for a request id (not a secret).
+fn rand_fallback() -> [u8; 16] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    nanos.to_le_bytes()
+}
+
+/// What the per-request log line says.
+#[derive(Debug)]
+struct LogLine {
+    operation: &'static str,
+    principal: String,
+    key: Option<String>,
+}

@@ -1,0 +1,79 @@
+//! `kagi serve`: load the configuration, open (or on first run create) the keystore, serve
+//! until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args as ClapArgs;
+
+use super::{Args, keystore_with_partition};
+use crate::config::Config;
+use crate::error::{Error, exit_code};
+use crate::keystore::{Keystore, RootKeySource};
+
+/// `kagi serve`.
+#[derive(Debug, ClapArgs)]
+pub struct ServeArgs {
+    /// The TOML configuration (default: the embedded default, paths relative to the current
+    /// directory).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write the listening addresses here (JSON) once the listeners are up.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runs the server on a multi-threaded runtime.
+pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
+    let config = match &serve.config {
+        Some(path) => Config::load(path),
+        None => Config::embedded(Path::new(".")),
+    }
+    .map_err(|error| Error::new(exit_code::INVALID, error.to_string()))?;
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+    let root_source =
+        match config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()) {
+            Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
+            None => RootKeySource::File,
+        };
+    let backend = config.backend.backend();
+    let fresh = std::fs::read_dir(&config.data_dir).map_or(true, |mut dir| dir.next().is_none());
+    if fresh {
+        // First run: create the keystore. A directory with anything in it is never
+        // re-initialised, so a missing root key is an error, not a silent new keystore.
+        Keystore::init(backend, &config.data_dir, &root_source)
+            .map_err(|error| Error::new(exit_code::STORAGE, error.to_string()))?;
+        tracing::info!(data_dir = %config.data_dir.display(), "initialised a new keystore");
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| {
+            Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
+        })?;
+    runtime.block_on(async {
+        let keystore = Arc::new(keystore_with_partition(
+            backend,
+            &config.data_dir,
+            &root_source,
+            config.partition.clone(),
+        )?);
+        crate::server::serve(&config, keystore, serve.ready_file.as_deref(), shutdown_signal())
+            .await
+            .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,346 @@
+//! The configuration file: TOML → [`raw`] structs (serde, spans kept) → a validated [`Config`].
+//!
+//! Every error names the file and line it comes from. Secrets (principals' secret access keys)
+//! are read from the environment or a file when the configuration is built, and held in
+//! [`SecretBytes`], which never prints.
+
+pub mod raw;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use crate::crypto::{BackendKind, SecretBytes};
+use crate::keystore::Partition;
+
+/// The configuration a fresh `kagi serve` runs with when given no file.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A configuration error: where, and what.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}{}: {message}", line.map(|line| format!(":{line}")).unwrap_or_default())]
+pub struct ConfigError {
+    origin: String,
+    line: Option<usize>,
+    message: String,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The keystore's data directory.
+    pub data_dir: PathBuf,
+    /// The crypto backend.
+    pub backend: BackendKind,
+    /// Region and account of ARNs.
+    pub partition: Partition,
+    /// The environment variable holding the root passphrase, when the root key derives from one.
+    pub root_passphrase_env: Option<String>,
+    /// The KMS API listener.
+    pub api: ApiConfig,
+    /// The admin listener (`/metrics`, `/healthz`), if any.
+    pub admin: Option<SocketAddr>,
+    /// Who may call, by access key id.
+    pub principals: Arc<Principals>,
+    /// Request quotas.
+    pub quotas: Quotas,
+}
+
+/// The KMS API listener.
+#[derive(Debug)]
+pub struct ApiConfig {
+    /// Where it listens (port 0: any free port, reported in the ready file).
+    pub listen: SocketAddr,
+    /// The certificate chain and key files; `None`: a self-signed certificate issued at start.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// The names the self-signed certificate covers.
+    pub tls_names: Vec<String>,
+}
+
+/// One configured principal.
+pub struct Principal {
+    /// Its name; its ARN is `arn:aws:iam::ACCOUNT:user/NAME`.
+    pub name: String,
+    /// Its access key id.
+    pub access_key_id: String,
+    /// Its secret access key.
+    pub secret: SecretBytes,
+    /// Whether default key policies grant it key administration, and it may call every
+    /// account-level action.
+    pub administrator: bool,
+    /// Account-level actions (IAM's part in AWS) it may call: `kms:CreateKey`, `kms:ListKeys`,
+    /// `kms:ListAliases`, `kms:GenerateRandom`; wildcards allowed.
+    pub account_actions: Vec<String>,
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("name", &self.name)
+            .field("access_key_id", &self.access_key_id)
+            .field("administrator", &self.administrator)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The principals, by access key id.
+#[derive(Debug, Default)]
+pub struct Principals {
+    by_access_key: HashMap<String, Principal>,
+}
+
+impl Principals {
+    /// The principal with this access key id.
+    pub fn get(&self, access_key_id: &str) -> Option<&Principal> {
+        self.by_access_key.get(access_key_id)
+    }
+
+    /// The principal with this name.
+    pub fn by_name(&self, name: &str) -> Option<&Principal> {
+        self.by_access_key.values().find(|p| p.name == name)
+    }
+
+    /// Every principal, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Principal> {
+        self.by_access_key.values()
+    }
+}
+
+/// Request quotas: a token bucket per principal and operation class; rates per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quotas {
+    /// Symmetric cryptographic operations (Encrypt, Decrypt, GenerateDataKey, MACs…).
+    pub symmetric: f64,
+    /// Asymmetric cryptographic operations (Sign, Verify, RSA Encrypt, DeriveSharedSecret…).
+    pub asymmetric: f64,
+    /// Management operations (CreateKey, DescribeKey, List*, policies, aliases…).
+    pub management: f64,
+    /// How many seconds of rate a bucket holds (the burst).
+    pub burst_seconds: f64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self { symmetric: 50_000.0, asymmetric: 2_000.0, management: 100.0, burst_seconds: 1.0 }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is not valid TOML, or fails validation.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            origin: path.display().to_string(),
+            line: None,
+            message: error.to_string(),
+        })?;
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))
+            .unwrap_or_else(|_| PathBuf::from("."));
+        Self::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// The embedded default configuration, with relative paths under `base`.
+    ///
+    /// # Errors
+    /// Never in practice; the embedded text is tested.
+    pub fn embedded(base: &Path) -> Result<Self, ConfigError> {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        Self::parse(EMBEDDED_DEFAULT, "(embedded default)", &base)
+    }
+
+    /// Parses and validates `text`, naming it `origin` in errors; relative paths resolve
+    /// against `base`.
+    ///
+    /// # Errors
+    /// When `text` is not valid TOML or fails validation.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: raw::Config = toml::from_str(text).map_err(|error| ConfigError {
+            origin: origin.to_owned(),
+            line: error.span().map(|span| line_of(text, span.start)),
+            message: error.message().to_owned(),
+        })?;
+        Builder { text, origin, base }.build(raw)
+    }
+}
+
+/// Turns raw structs into a [`Config`], naming lines in errors.
+struct Builder<'a> {
+    text: &'a str,
+    origin: &'a str,
+    base: &'a Path,
+}
+
+impl Builder<'_> {
+    fn error<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_owned(),
+            line: Some(line_of(self.text, spanned.span().start)),
+            message: message.into(),
+        }
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() { path.to_owned() } else { self.base.join(path) }
+    }
+
+    fn address(&self, text: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        text.get_ref().parse().map_err(|_| {
+            self.error(text, format!("'{}' is not an address like 127.0.0.1:8443", text.get_ref()))
+        })
+    }
+
+    fn build(&self, raw: raw::Config) -> Result<Config, ConfigError> {
+        let keystore = raw.keystore;
+        let backend = match &keystore.backend {
+            None => BackendKind::AwsLc,
+            Some(name) => match name.get_ref().as_str() {
+                "aws-lc" => BackendKind::AwsLc,
+                "rustcrypto" => BackendKind::RustCrypto,
+                other => {
+                    return Err(self.error(
+                        name,
+                        format!("unknown backend '{other}': use aws-lc or rustcrypto"),
+                    ));
+                }
+            },
+        };
+        let mut partition = Partition::default();
+        if let Some(region) = &keystore.region {
+            let ok = !region.get_ref().is_empty()
+                && region
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(self.error(region, "region must be like us-east-1"));
+            }
+            partition.region = region.get_ref().clone();
+        }
+        if let Some(account) = &keystore.account {
+            if account.get_ref().len() != 12
+                || !account.get_ref().bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(self.error(account, "account must be 12 digits"));
+            }
+            partition.account = account.get_ref().clone();
+        }
+        let api = ApiConfig {
+            listen: self.address(&raw.api.listen)?,
+            tls_files: match (&raw.api.certificate, &raw.api.private_key) {
+                (Some(cert), Some(key)) => {
+                    Some((self.path(cert.get_ref()), self.path(key.get_ref())))
+                }
+                (None, None) => None,
+                (Some(cert), None) => {
+                    return Err(self.error(cert, "certificate needs private_key too"));
+                }
+                (None, Some(key)) => {
+                    return Err(self.error(key, "private_key needs certificate too"));
+                }
+            },
+            tls_names: raw
+                .api
+                .tls_names
+                .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]),
+        };
+        let admin = raw.admin.map(|admin| self.address(&admin.listen)).transpose()?;
+        let mut principals = Principals::default();
+        for principal in raw.principals {
+            let principal = self.principal(principal)?;
+            if principals.by_name(&principal.name).is_some() {
+                return Err(ConfigError {
+                    origin: self.origin.to_owned(),
+                    line: None,
+                    message: format!("principal '{}' is defined twice", principal.name),
+                });
+            }
+            principals.by_access_key.insert(principal.access_key_id.clone(), principal);
+        }
+        let mut quotas = Quotas::default();
+        if let Some(raw) = raw.quotas {
+            for (field, value) in [
+                (&mut quotas.symmetric, raw.symmetric),
+                (&mut quotas.asymmetric, raw.asymmetric),
+                (&mut quotas.management, raw.management),
+                (&mut quotas.burst_seconds, raw.burst_seconds),
+            ] {
+                if let Some(value) = value {
+                    if !(value.get_ref().is_finite() && *value.get_ref() > 0.0) {
+                        return Err(self.error(&value, "must be a positive number"));
+                    }
+                    *field = *value.get_ref();
+                }
+            }
+        }
+        Ok(Config {
+            data_dir: self.path(&keystore.data_dir),
+            backend,
+            partition,
+            root_passphrase_env: keystore.root_passphrase_env,
+            api,
+            admin,
+            principals: Arc::new(principals),
+            quotas,
+        })
+    }
+
+    fn principal(&self, raw: raw::Principal) -> Result<Principal, ConfigError> {
+        let name = raw.name.get_ref();
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+        {
+            return Err(self.error(&raw.name, "a principal name is 1–64 of A-Z a-z 0-9 +=,.@_-"));
+        }
+        let akid = raw.access_key_id.get_ref();
+        if akid.len() < 16 || akid.len() > 128 || !akid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(
+                self.error(&raw.access_key_id, "an access key id is 16–128 letters or digits")
+            );
+        }
+        let secret = match (&raw.secret, &raw.secret_env, &raw.secret_file) {
+            (Some(secret), None, None) => secret.get_ref().as_bytes().to_vec(),
+            (None, Some(var), None) => std::env::var(var.get_ref())
+                .map_err(|_| {
+                    self.error(var, format!("environment variable {} is not set", var.get_ref()))
+                })?
+                .into_bytes(),
+            (None, None, Some(file)) => {
+                let path = self.path(file.get_ref());
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|error| self.error(file, format!("{}: {error}", path.display())))?;
+                text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()
+            }
+            _ => {
+                return Err(
+                    self.error(&raw.name, "give exactly one of secret, secret_env or secret_file")
+                );
+            }
+        };
+        if secret.len() < 16 {
+            return Err(self.error(&raw.name, "a secret access key has at least 16 characters"));
+        }
+        Ok(Principal {
+            name: name.clone(),
+            access_key_id: akid.clone(),
+            secret: SecretBytes::from(secret),
+            administrator: raw.administrator.unwrap_or(false),
+            account_actions: raw.account_actions.unwrap_or_default(),
+        })
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! The configuration file as written: serde structs that keep each value's span, so validation
+//! errors can name the line. Unknown keys are errors (a typo never silently does nothing).
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[keystore]`.
+    pub keystore: Keystore,
+    /// `[api]`.
+    pub api: Api,
+    /// `[admin]`.
+    pub admin: Option<Admin>,
+    /// `[[principals]]`.
+    #[serde(default)]
+    pub principals: Vec<Principal>,
+    /// `[quotas]`.
+    pub quotas: Option<Quotas>,
+}
+
+/// `[keystore]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keystore {
+    /// The data directory, relative to the configuration file.
+    pub data_dir: String,
+    /// `aws-lc` (default) or `rustcrypto`.
+    pub backend: Option<Spanned<String>>,
+    /// The region in ARNs.
+    pub region: Option<Spanned<String>>,
+    /// The account in ARNs.
+    pub account: Option<Spanned<String>>,
+    /// The environment variable holding the root passphrase.
+    pub root_passphrase_env: Option<String>,
+}
+
+/// `[api]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// The listen address.
+    pub listen: Spanned<String>,
+    /// A PEM certificate chain file.
+    pub certificate: Option<Spanned<String>>,
+    /// A PEM private key file.
+    pub private_key: Option<Spanned<String>>,
+    /// Names for the self-signed certificate.
+    pub tls_names: Option<Vec<String>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// The listen address of `/metrics` and `/healthz`.
+    pub listen: Spanned<String>,
+}
+
+/// `[[principals]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// The name.
+    pub name: Spanned<String>,
+    /// The access key id.
+    pub access_key_id: Spanned<String>,
+    /// The secret, inline (for tests and demos).
+    pub secret: Option<Spanned<String>>,
+    /// The environment variable holding the secret.
+    pub secret_env: Option<Spanned<String>>,
+    /// A file holding the secret.
+    pub secret_file: Option<Spanned<String>>,
+    /// Whether default key policies make it an administrator.
+    pub administrator: Option<bool>,
+    /// Account-level actions it may call besides (`kms:CreateKey`, `kms:ListKeys`,
+    /// `kms:ListAliases`, `kms:GenerateRandom`); administrators may call them all.
+    pub account_actions: Option<Vec<String>>,
+}
+
+/// `[quotas]`: requests per second per principal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Symmetric cryptographic operations.
+    pub symmetric: Option<Spanned<f64>>,
+    /// Asymmetric cryptographic operations.
+    pub asymmetric: Option<Spanned<f64>>,
+    /// Management operations.
+    pub management: Option<Spanned<f64>>,
+    /// Seconds of rate a bucket holds.
+    pub burst_seconds: Option<Spanned<f64>>,
+}

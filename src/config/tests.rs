@@ -1,0 +1,87 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "kagi.toml", Path::new("/etc/kagi"))
+}
+
+const MINIMAL: &str = r#"
+[keystore]
+data_dir = "data"
+
+[api]
+listen = "127.0.0.1:0"
+"#;
+
+#[test]
+fn the_embedded_default_is_valid() {
+    let config = Config::embedded(Path::new("/srv")).unwrap();
+    assert_eq!(config.data_dir, Path::new("/srv/data"));
+    assert_eq!(config.api.listen.port(), 8443);
+    let admin = config.principals.by_name("admin").unwrap();
+    assert!(admin.administrator);
+    assert!(!format!("{config:?}").contains("kagi-demo-secret"), "secrets never print");
+}
+
+#[test]
+fn a_minimal_file_takes_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.data_dir, Path::new("/etc/kagi/data"));
+    assert_eq!(config.partition.region, "us-east-1");
+    assert_eq!(config.quotas, Quotas::default());
+    assert!(config.admin.is_none() && config.api.tls_files.is_none());
+}
+
+#[test]
+fn errors_name_the_line() {
+    let cases = [
+        (format!("{MINIMAL}[quotas]\nsymmetric = -1.0\n"), 8, "positive"),
+        (format!("{MINIMAL}bogus = 1\n"), 7, "unknown field"),
+        (MINIMAL.replace("127.0.0.1:0", "localhost"), 6, "not an address"),
+        (format!("{MINIMAL}[admin]\nlisten = 5\n"), 8, "string"),
+        (MINIMAL.replace("[keystore]", "[keystore]\nbackend = \"ring\""), 3, "unknown backend"),
+        (MINIMAL.replace("[keystore]", "[keystore]\naccount = \"12\""), 3, "12 digits"),
+        (
+            format!(
+                "{MINIMAL}[[principals]]\nname = \"a\"\naccess_key_id = \"AKIA0000000000000001\"\n"
+            ),
+            8,
+            "exactly one",
+        ),
+        (
+            format!(
+                "{MINIMAL}[[principals]]\nname = \"a b\"\naccess_key_id = \"AKIA0000000000000001\"\nsecret = \"0123456789abcdef\"\n"
+            ),
+            8,
+            "principal name",
+        ),
+        (
+            format!(
+                "{MINIMAL}[[principals]]\nname = \"a\"\naccess_key_id = \"AKIA0000000000000001\"\nsecret_env = \"KAGI_TEST_UNSET_VARIABLE\"\n"
+            ),
+            10,
+            "not set",
+        ),
+        (format!("{MINIMAL}[api\n"), 7, ""),
+    ];
+    for (text, line, needle) in cases {
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("kagi.toml:{line}: ")), "{error}\n---\n{text}");
+        assert!(error.contains(needle), "{error}");
+    }
+}
+
+#[test]
+fn secrets_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("alice.secret"), "0123456789abcdefXYZ\n").unwrap();
+    let text = format!(
+        "{MINIMAL}[[principals]]\nname = \"alice\"\naccess_key_id = \"AKIA0000000000000001\"\n\
+         secret_file = \"alice.secret\"\n"
+    );
+    let config = Config::parse(&text, "kagi.toml", dir.path()).unwrap();
+    let alice = config.principals.get("AKIA0000000000000001").unwrap();
+    assert_eq!(alice.secret.expose_secret(), b"0123456789abcdefXYZ");
+    assert!(!alice.administrator);
+}

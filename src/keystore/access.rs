@@ -1,0 +1,83 @@
+//! What authorization needs from the keystore: which key a request targets and its policy, and
+//! the key policy operations (GetKeyPolicy, PutKeyPolicy). Policy *evaluation* lives in
+//! `crate::policy`; the keystore only stores the document.
+
+use super::ciphertext::BlobHeader;
+use super::lifecycle::OperationClass;
+use super::{Error, Keystore, OpContext};
+
+/// The key a request targets, as authorization sees it.
+#[derive(Clone, Debug)]
+pub struct AccessTarget {
+    /// The key id.
+    pub key_id: String,
+    /// The key ARN (policies name resources by it).
+    pub arn: String,
+    /// The key record's revision: a cached parsed policy is valid while this is unchanged.
+    pub revision: u64,
+    /// The key policy document.
+    pub policy: String,
+}
+
+impl Keystore {
+    /// Region and account of this keystore's ARNs.
+    pub fn partition(&self) -> &super::Partition {
+        &self.partition
+    }
+
+    /// The key `key_ref` names (id, ARN, alias or alias ARN), with its policy.
+    ///
+    /// # Errors
+    /// NotFoundException, InvalidArnException for a malformed reference; the key's state is
+    /// not checked here (the operation does that after authorization).
+    pub async fn access_target(&self, key_ref: &str) -> Result<AccessTarget, Error> {
+        let key = self.resolve(key_ref, true).await?;
+        Ok(AccessTarget {
+            key_id: key.record.id.clone(),
+            arn: key.arn.clone(),
+            revision: key.record.revision,
+            policy: key.record.policy.clone(),
+        })
+    }
+
+    /// The key id a kagi ciphertext blob names, if it parses (not yet authenticated).
+    pub fn ciphertext_key_id(blob: &[u8]) -> Option<String> {
+        BlobHeader::decode(blob)
+            .map(|(header, _)| uuid::Uuid::from_bytes(header.key_id).to_string())
+    }
+
+    /// PutKeyPolicy: replaces the key's policy. The caller has validated the document.
+    ///
+    /// # Errors
+    /// NotFoundException; KMSInvalidStateException for a key pending deletion.
+    pub async fn put_key_policy(
+        &self,
+        ctx: &OpContext,
+        key_ref: &str,
+        policy: &str,
+    ) -> Result<(), Error> {
+        let outcome = self
+            .update(key_ref, false, OperationClass::Manage, |key, _| {
+                policy.clone_into(&mut key.policy);
+                Ok(Vec::new())
+            })
+            .await;
+        self.audit_key(ctx, "PutKeyPolicy", &outcome, |arn| arn)?;
+        outcome.map(drop)
+    }
+
+    /// Records an operation that was refused before it reached the keystore (access denied,
+    /// throttled), so every denial is in the trail.
+    ///
+    /// # Errors
+    /// KMSInternalException when the record cannot be written.
+    pub fn audit_refusal(
+        &self,
+        ctx: &OpContext,
+        operation: &str,
+        key_arn: Option<&str>,
+        error: &Error,
+    ) -> Result<(), Error> {
+        self.audit::<()>(ctx, operation, key_arn, None, &[], &Err(error.clone()))
+    }
+}
