@@ -3,7 +3,8 @@
 //! Every crypto test loops over [`kagi::crypto::BackendKind::ALL`], so each backend is held to
 //! the same vectors and properties, and the two are checked against each other.
 
-// Every applicable Wycheproof vector (AES-GCM, ECDSA, RSA PKCS#1/PSS/OAEP, HMAC, ECDH, HKDF),
+// Every applicable Wycheproof vector (AES-GCM, ECDSA, RSA PKCS#1/PSS/OAEP, HMAC, ECDH, HKDF,
+// AES-KWP),
 // on each backend.
 mod wycheproof;
 
