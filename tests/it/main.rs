@@ -21,3 +21,8 @@ mod support;
 
 // The `kagi` command line end to end: every command, state transition and refusal.
 mod cli;
+
+// `kill -9` of concurrent `kagi` processes at an arbitrary moment: every operation that reported
+// success survives, and the keystore stays whole.
+#[cfg(unix)]
+mod crash;
