@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 mod serve;
 
 use crate::audit::JsonLinesSink;
-use crate::crypto::{BackendKind, MacAlgorithm, SigningAlgorithm};
+use crate::crypto::{BackendKind, KeyPairSpec, MacAlgorithm, SigningAlgorithm};
 use crate::error::{Error, exit_code};
 use crate::keystore::clock::{Clock, ManualClock, SystemClock};
 use crate::keystore::operations::{DataKeySize, EncryptionAlgorithm, MessageType};
 use crate::keystore::{
-    self, CreateKeyRequest, EncryptionContext, KeyMetadata, KeySpec, KeyUsage, Keystore, OpContext,
-    Origin, Partition, RootKeySource,
+    self, CreateKeyRequest, EncryptionContext, ImportRequest, ImportType, KeyMetadata, KeySpec,
+    KeyUsage, Keystore, OpContext, Origin, Partition, RootKeySource, WrappingAlgorithm,
 };
 
 /// kagi: a managed keystore modelled on AWS KMS, and a TLS-terminating reverse proxy.
@@ -83,6 +83,15 @@ pub enum Command {
     Mac(MacArgs),
     /// Generates a data key under a key.
     DataKey(DataKeyArgs),
+    /// Moves a ciphertext to another key, or to its key's newest version, without the
+    /// plaintext leaving the keystore.
+    ReEncrypt(ReEncryptArgs),
+    /// Generates a key pair whose private key is encrypted under a key.
+    DataKeyPair(DataKeyPairArgs),
+    /// Writes a key's public key (DER SubjectPublicKeyInfo).
+    PublicKey(PublicKeyArgs),
+    /// ECDH between a KEY_AGREEMENT key and a peer's public key; writes the shared secret.
+    DeriveSharedSecret(DeriveSharedSecretArgs),
     /// Serves the AWS-KMS-compatible API (and later the proxy) from a TOML configuration.
     Serve(serve::ServeArgs),
 }
@@ -166,6 +175,15 @@ pub enum KeysCommand {
     },
     /// Carries out what is due: deletions, automatic rotations, expired imported material.
     Sweep,
+    /// Writes a wrapping public key and an import token for a key of origin EXTERNAL.
+    ImportParameters(ImportParametersArgs),
+    /// Imports key material wrapped with the public key of `import-parameters`.
+    ImportMaterial(ImportMaterialArgs),
+    /// Deletes a key's imported material; the key is PendingImport until it is imported again.
+    DeleteMaterial {
+        /// Key id or ARN.
+        key: String,
+    },
 }
 
 /// `kagi keys rotation …`.
@@ -348,6 +366,119 @@ pub struct DataKeyArgs {
     pub without_plaintext: bool,
 }
 
+/// `kagi keys import-parameters`.
+#[derive(Debug, ClapArgs)]
+pub struct ImportParametersArgs {
+    /// Key id or ARN of a key of origin EXTERNAL.
+    pub key: String,
+    /// RSA_AES_KEY_WRAP_SHA_256, RSA_AES_KEY_WRAP_SHA_1 (AES-KWP under an RSA-wrapped AES key:
+    /// needed for RSA private keys), RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1.
+    #[arg(long, default_value = "RSA_AES_KEY_WRAP_SHA_256")]
+    pub wrapping_algorithm: String,
+    /// RSA_2048, RSA_3072 or RSA_4096.
+    #[arg(long, default_value = "RSA_4096")]
+    pub wrapping_key_spec: String,
+    /// Where to write the wrapping public key (DER SubjectPublicKeyInfo).
+    #[arg(long)]
+    pub public_key: PathBuf,
+    /// Where to write the import token (valid 24 hours).
+    #[arg(long)]
+    pub token: PathBuf,
+}
+
+/// `kagi keys import-material`.
+#[derive(Debug, ClapArgs)]
+#[command(group(clap::ArgGroup::new("expiry").required(true).args(["expires_at", "no_expiry"])))]
+pub struct ImportMaterialArgs {
+    /// Key id or ARN.
+    pub key: String,
+    /// The import token file written by `kagi keys import-parameters`.
+    #[arg(long)]
+    pub token: PathBuf,
+    /// The wrapped key material file.
+    #[arg(long)]
+    pub material: PathBuf,
+    /// When the material expires, in epoch seconds (at most 365 days away).
+    #[arg(long)]
+    pub expires_at: Option<i64>,
+    /// The material never expires.
+    #[arg(long)]
+    pub no_expiry: bool,
+    /// Stage new material for the next `kagi keys rotate` (symmetric keys) instead of importing
+    /// the key's (first or same) material.
+    #[arg(long)]
+    pub new_material: bool,
+}
+
+/// `kagi re-encrypt`.
+#[derive(Debug, ClapArgs)]
+pub struct ReEncryptArgs {
+    /// The destination key: key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// The destination encryption context pair, KEY=VALUE (repeatable).
+    #[arg(long = "context")]
+    pub context: Vec<String>,
+    /// The destination algorithm: SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    pub algorithm: String,
+    /// The source key (optional for symmetric ciphertexts; must match when given).
+    #[arg(long)]
+    pub source_key: Option<String>,
+    /// The source encryption context pair, KEY=VALUE (repeatable).
+    #[arg(long = "source-context")]
+    pub source_context: Vec<String>,
+    /// The source algorithm.
+    #[arg(long)]
+    pub source_algorithm: Option<String>,
+    /// Files: the ciphertext in, the new ciphertext out.
+    #[command(flatten)]
+    pub io: Io,
+}
+
+/// `kagi data-key-pair`.
+#[derive(Debug, ClapArgs)]
+pub struct DataKeyPairArgs {
+    /// The symmetric key that encrypts the private key.
+    #[arg(long)]
+    pub key: String,
+    /// RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521 or
+    /// ECC_SECG_P256K1.
+    #[arg(long)]
+    pub spec: String,
+    /// An encryption context pair, KEY=VALUE (repeatable).
+    #[arg(long = "context")]
+    pub context: Vec<String>,
+    /// Print only the public key and the encrypted private key.
+    #[arg(long)]
+    pub without_plaintext: bool,
+}
+
+/// `kagi public-key`.
+#[derive(Debug, ClapArgs)]
+pub struct PublicKeyArgs {
+    /// Key id, key ARN, alias name or alias ARN of an asymmetric key.
+    #[arg(long)]
+    pub key: String,
+    /// Output file (default: stdout).
+    #[arg(long = "out", id = "out")]
+    pub output: Option<PathBuf>,
+    /// Write base64 text instead of DER.
+    #[arg(long)]
+    pub base64: bool,
+}
+
+/// `kagi derive-shared-secret`.
+#[derive(Debug, ClapArgs)]
+pub struct DeriveSharedSecretArgs {
+    /// A KEY_AGREEMENT key: key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    /// Files: the peer's public key in (DER SubjectPublicKeyInfo), the shared secret out.
+    #[command(flatten)]
+    pub io: Io,
+}
+
 /// Parses `args` (the first is the program name) and runs the command.
 ///
 /// # Errors
@@ -512,6 +643,22 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             out.document(&document);
             Ok(())
         }
+        Command::ReEncrypt(a) => re_encrypt(&keystore, &ctx, a).await,
+        Command::DataKeyPair(a) => data_key_pair(&keystore, &ctx, &out, a).await,
+        Command::PublicKey(a) => {
+            let info = keystore.get_public_key(&ctx, &a.key).await.map_err(keystore_error)?;
+            let io = Io { input: None, output: a.output, base64: a.base64 };
+            write_output(&io, &info.public_key, true)
+        }
+        Command::DeriveSharedSecret(a) => {
+            let peer_public_key = read_input(&a.io, true)?;
+            let (secret, _, _) = keystore
+                .derive_shared_secret(&ctx, &a.key, &peer_public_key)
+                .await
+                .map_err(keystore_error)?;
+            // The operator asked for the shared secret: writing it out is the point.
+            write_output(&a.io, secret.expose_secret(), true)
+        }
     }
 }
 
@@ -669,6 +816,13 @@ async fn keys(
                 "Rotated": report.rotated,
                 "Expired": report.expired,
             }));
+        }
+        KeysCommand::ImportParameters(a) => import_parameters(keystore, ctx, out, a).await?,
+        KeysCommand::ImportMaterial(a) => import_material(keystore, ctx, out, a).await?,
+        KeysCommand::DeleteMaterial { key } => {
+            let arn =
+                keystore.delete_imported_key_material(ctx, &key).await.map_err(keystore_error)?;
+            out.done(&format!("deleted the imported material of {arn}; the key is PendingImport"));
         }
     }
     Ok(())
@@ -911,6 +1065,113 @@ async fn demo_in(
     Ok(())
 }
 
+// === import, re-encrypt, data key pairs ===
+
+async fn import_parameters(
+    keystore: &Keystore,
+    ctx: &OpContext,
+    out: &Printer,
+    a: ImportParametersArgs,
+) -> Result<(), Error> {
+    let algorithm = WrappingAlgorithm::from_kms_name(&a.wrapping_algorithm)
+        .ok_or_else(|| invalid(format!("unknown wrapping algorithm {:?}", a.wrapping_algorithm)))?;
+    let wrapping_spec = KeyPairSpec::from_kms_name(&a.wrapping_key_spec)
+        .ok_or_else(|| invalid(format!("unknown wrapping key spec {:?}", a.wrapping_key_spec)))?;
+    let parameters = keystore
+        .get_parameters_for_import(ctx, &a.key, algorithm, wrapping_spec)
+        .await
+        .map_err(keystore_error)?;
+    write_file(&a.public_key, &parameters.public_key)?;
+    write_file(&a.token, &parameters.import_token)?;
+    out.document(&json!({
+        "KeyId": parameters.key_arn,
+        "ParametersValidTo": parameters.valid_to,
+        "PublicKey": a.public_key.display().to_string(),
+        "ImportToken": a.token.display().to_string(),
+    }));
+    Ok(())
+}
+
+async fn import_material(
+    keystore: &Keystore,
+    ctx: &OpContext,
+    out: &Printer,
+    a: ImportMaterialArgs,
+) -> Result<(), Error> {
+    let import_token = read_file_maybe_base64(&a.token, false)?;
+    let encrypted_key_material = read_file_maybe_base64(&a.material, false)?;
+    let request = ImportRequest {
+        import_token: &import_token,
+        encrypted_key_material: &encrypted_key_material,
+        valid_to: a.expires_at,
+        import_type: if a.new_material {
+            ImportType::NewKeyMaterial
+        } else {
+            ImportType::ExistingKeyMaterial
+        },
+    };
+    let (arn, material_id) =
+        keystore.import_key_material(ctx, &a.key, request).await.map_err(keystore_error)?;
+    let mut document = json!({ "KeyId": arn, "KeyMaterialId": material_id });
+    if let Some(valid_to) = a.expires_at {
+        document["ValidTo"] = json!(valid_to);
+    }
+    out.document(&document);
+    Ok(())
+}
+
+async fn re_encrypt(keystore: &Keystore, ctx: &OpContext, a: ReEncryptArgs) -> Result<(), Error> {
+    let blob = read_input(&a.io, true)?;
+    let source_algorithm =
+        a.source_algorithm.as_deref().map(parse_encryption_algorithm).transpose()?;
+    let output = keystore
+        .re_encrypt(
+            ctx,
+            &blob,
+            &parse_context(&a.source_context)?,
+            a.source_key.as_deref(),
+            source_algorithm,
+            &a.key,
+            &parse_context(&a.context)?,
+            parse_encryption_algorithm(&a.algorithm)?,
+        )
+        .await
+        .map_err(keystore_error)?;
+    write_output(&a.io, &output.ciphertext_blob, true)
+}
+
+async fn data_key_pair(
+    keystore: &Keystore,
+    ctx: &OpContext,
+    out: &Printer,
+    a: DataKeyPairArgs,
+) -> Result<(), Error> {
+    let spec = KeyPairSpec::from_kms_name(&a.spec)
+        .ok_or_else(|| invalid(format!("unknown key pair spec {:?}", a.spec)))?;
+    let pair = keystore
+        .generate_data_key_pair(
+            ctx,
+            &a.key,
+            spec,
+            &parse_context(&a.context)?,
+            !a.without_plaintext,
+        )
+        .await
+        .map_err(keystore_error)?;
+    let mut document = json!({
+        "KeyId": pair.key_arn,
+        "KeyPairSpec": pair.spec.kms_name(),
+        "PublicKey": BASE64.encode(&pair.public_key),
+        "PrivateKeyCiphertextBlob": BASE64.encode(&pair.private_key_ciphertext_blob),
+    });
+    if let Some(private_key) = &pair.private_key_plaintext {
+        // The operator asked for the plaintext private key: printing it is the point.
+        document["PrivateKeyPlaintext"] = Value::String(BASE64.encode(private_key.expose_secret()));
+    }
+    out.document(&document);
+    Ok(())
+}
+
 // === plumbing ===
 
 fn open(
@@ -1031,6 +1292,11 @@ fn read_input(io: &Io, binary: bool) -> Result<Vec<u8>, Error> {
 fn read_file_maybe_base64(path: &Path, base64: bool) -> Result<Vec<u8>, Error> {
     let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
     if base64 { decode_base64(&bytes) } else { Ok(bytes) }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, bytes)
+        .map_err(|e| Error::new(exit_code::FAILURE, format!("{}: {e}", path.display())))
 }
 
 fn decode_base64(bytes: &[u8]) -> Result<Vec<u8>, Error> {

@@ -6,13 +6,14 @@
 use std::fmt;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::key_wrap::KeyWrapPadded as _;
 use aws_lc_rs::signature::KeyPair as _;
-use aws_lc_rs::{aead, agreement, digest, hkdf, hmac, rand, rsa, signature};
+use aws_lc_rs::{aead, agreement, digest, hkdf, hmac, key_wrap, rand, rsa, signature};
 
 use super::{
     AesKey, BackendKind, CryptoBackend, EcCurve, Error, KeyPairSpec, MacAlgorithm, NONCE_LEN,
     OaepHash, PrivateKey, PublicKey, Result, SecretBytes, SignInput, SigningAlgorithm, TAG_LEN,
-    check_digest_len,
+    check_digest_len, check_key_to_wrap, is_wrapped_key_len,
 };
 
 /// The aws-lc-rs backend.
@@ -103,6 +104,30 @@ impl CryptoBackend for AwsLc {
         prk.expand(&info, Len(out.len()))
             .and_then(|okm| okm.fill(out))
             .map_err(|_| Error::Internal("hkdf expand failed"))
+    }
+
+    fn wrap_key(&self, kek: &AesKey, key: &[u8]) -> Result<Vec<u8>> {
+        check_key_to_wrap(key)?;
+        let mut out = vec![0; key.len() + 15];
+        let len = key_wrap_key(kek)?
+            .wrap_with_padding(key, &mut out)
+            .map_err(|_| Error::Internal("AES-KWP wrap failed"))?
+            .len();
+        out.truncate(len);
+        Ok(out)
+    }
+
+    fn unwrap_key(&self, kek: &AesKey, wrapped: &[u8]) -> Result<SecretBytes> {
+        if !is_wrapped_key_len(wrapped.len()) {
+            return Err(Error::DecryptFailed);
+        }
+        let mut out = SecretBytes::zeroed(wrapped.len());
+        let len = key_wrap_key(kek)?
+            .unwrap_with_padding(wrapped, out.expose_secret_mut())
+            .map_err(|_| Error::DecryptFailed)?
+            .len();
+        out.truncate(len);
+        Ok(out)
     }
 
     fn generate_key_pair(&self, spec: KeyPairSpec) -> Result<SecretBytes> {
@@ -371,6 +396,11 @@ impl PublicKey for AwsLcPublicKey {
 }
 
 // === helpers ===
+
+fn key_wrap_key(kek: &AesKey) -> Result<key_wrap::AesKek> {
+    key_wrap::AesKek::new(&key_wrap::AES_256, kek.expose_secret())
+        .map_err(|_| Error::Internal("AES-KWP key setup failed"))
+}
 
 fn aead_key(key: &AesKey) -> Result<aead::LessSafeKey> {
     aead::UnboundKey::new(&aead::AES_256_GCM, key.expose_secret())

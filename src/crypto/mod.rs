@@ -8,7 +8,7 @@
 //! | backend | crate | use it for |
 //! |---|---|---|
 //! | [`BackendKind::AwsLc`] (default) | aws-lc-rs | everything: constant-time, fast, FIPS-capable |
-//! | [`BackendKind::RustCrypto`] | aes-gcm, p256, p384, p521, k256, rsa, hmac, sha2 | a pure-Rust build, and cross-checking the default |
+//! | [`BackendKind::RustCrypto`] | aes-gcm, aes-kw, p256, p384, p521, k256, rsa, hmac, sha2 | a pure-Rust build, and cross-checking the default |
 //!
 //! Both give the same answers; the tests sign on one and verify on the other.
 //!
@@ -16,7 +16,8 @@
 //!
 //! - Symmetric: [`CryptoBackend::seal`] / [`CryptoBackend::open`] (AES-256-GCM with associated
 //!   data), [`CryptoBackend::hmac`] / [`CryptoBackend::verify_hmac`],
-//!   [`CryptoBackend::hkdf_sha512`], [`CryptoBackend::fill_random`].
+//!   [`CryptoBackend::hkdf_sha512`], [`CryptoBackend::fill_random`], and AES key wrap with
+//!   padding (RFC 5649) with [`CryptoBackend::wrap_key`] / [`CryptoBackend::unwrap_key`].
 //! - Asymmetric: generate a key pair as PKCS#8 DER with [`CryptoBackend::generate_key_pair`],
 //!   load it once with [`CryptoBackend::load_private_key`] (parsing RSA keys is expensive; the
 //!   keystore caches loaded keys) and sign, decrypt or agree with the [`PrivateKey`]; load a DER
@@ -44,6 +45,8 @@ pub use spec::{EcCurve, KeyPairSpec, MacAlgorithm, OaepHash, SigningAlgorithm};
 pub const NONCE_LEN: usize = 12;
 /// Length of an AES-GCM authentication tag in bytes.
 pub const TAG_LEN: usize = 16;
+/// Largest key [`CryptoBackend::wrap_key`] wraps, in bytes (aws-lc takes at most `INT_MAX`).
+pub const MAX_WRAPPED_KEY_LEN: usize = i32::MAX as usize - 16;
 
 /// Which implementation of the algorithms to use; chosen at run time by configuration.
 #[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
@@ -192,6 +195,21 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
     /// [`Error::InvalidInput`] when `out` is longer than 255 × 64 bytes.
     fn hkdf_sha512(&self, salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> Result<()>;
 
+    /// AES Key Wrap with Padding (RFC 5649; NIST SP 800-38F KWP) of `key` under the AES-256
+    /// key-encryption key `kek`. The result is `key` padded to a multiple of 8 bytes plus 8
+    /// (16 bytes at least).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty key or one over [`MAX_WRAPPED_KEY_LEN`] bytes.
+    fn wrap_key(&self, kek: &AesKey, key: &[u8]) -> Result<Vec<u8>>;
+
+    /// Unwraps an AES-KWP wrapped key, checking its integrity value and padding.
+    ///
+    /// # Errors
+    /// [`Error::DecryptFailed`] for any input that does not unwrap under `kek`: a wrong key,
+    /// damaged bytes, bad padding, or a length that is not a multiple of 8 of at least 16.
+    fn unwrap_key(&self, kek: &AesKey, wrapped: &[u8]) -> Result<SecretBytes>;
+
     /// Generates a new asymmetric key pair, returned as PKCS#8 DER.
     ///
     /// # Errors
@@ -286,6 +304,22 @@ pub(crate) fn check_digest_len(algorithm: SigningAlgorithm, input: SignInput<'_>
         }
         _ => Ok(()),
     }
+}
+
+/// Checks the input of [`CryptoBackend::wrap_key`].
+pub(crate) fn check_key_to_wrap(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_WRAPPED_KEY_LEN {
+        return Err(Error::InvalidInput("AES-KWP wraps a key of 1 to 2^31 - 17 bytes"));
+    }
+    Ok(())
+}
+
+/// Whether `len` can be the length of an AES-KWP wrapped key (RFC 5649: two semiblocks at
+/// least). Checked before either library sees the input, so both reject the same lengths; and
+/// aes-kw 0.3.1 alone "unwraps" the 8-byte input `a65959a6 00000000` to an empty key under any
+/// key-encryption key (Wycheproof aes_kwp tcId 253).
+pub(crate) fn is_wrapped_key_len(len: usize) -> bool {
+    (16..=MAX_WRAPPED_KEY_LEN + 8).contains(&len) && len.is_multiple_of(8)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The `rustcrypto` backend: aes-gcm, p256, p384, p521, k256, rsa, hmac, sha2.
+//! The `rustcrypto` backend: aes-gcm, aes-kw, p256, p384, p521, k256, rsa, hmac, sha2.
 //!
 //! Pure Rust, built from the RustCrypto crates only. It gives the same answers as the `aws-lc`
 //! backend: AES-256-GCM returns `ciphertext ‖ tag`; RSASSA-PSS uses a salt as long as the hash
@@ -36,7 +36,7 @@ use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 use super::{
     AesKey, BackendKind, CryptoBackend, Error, KeyPairSpec, MacAlgorithm, NONCE_LEN, OaepHash,
     PrivateKey, PublicKey, Result, SecretBytes, SignInput, SigningAlgorithm, TAG_LEN,
-    check_digest_len,
+    check_digest_len, check_key_to_wrap, is_wrapped_key_len,
 };
 
 /// The pure-Rust backend (RustCrypto crates). Stateless.
@@ -141,6 +141,11 @@ fn check_signing(
     Ok(())
 }
 
+fn key_wrap_key(kek: &AesKey) -> Result<aes_kw::KwpAes256> {
+    aes_kw::KwpAes256::new_from_slice(kek.expose_secret())
+        .map_err(|_| Error::Internal("AES-KWP key setup failed"))
+}
+
 fn hmac_tag<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Result<Vec<u8>> {
     let mut mac =
         <M as KeyInit>::new_from_slice(key).map_err(|_| Error::InvalidKey("HMAC key rejected"))?;
@@ -235,6 +240,29 @@ impl CryptoBackend for RustCrypto {
         Hkdf::<Sha512>::new(Some(salt), ikm)
             .expand(info, out)
             .map_err(|_| Error::InvalidInput("HKDF-SHA512 output is longer than 255 × 64 bytes"))
+    }
+
+    fn wrap_key(&self, kek: &AesKey, key: &[u8]) -> Result<Vec<u8>> {
+        check_key_to_wrap(key)?;
+        let mut out = vec![0; key.len().div_ceil(8) * 8 + 8];
+        key_wrap_key(kek)?
+            .wrap_key(key, &mut out)
+            .map_err(|_| Error::Internal("AES-KWP wrap failed"))?;
+        Ok(out)
+    }
+
+    fn unwrap_key(&self, kek: &AesKey, wrapped: &[u8]) -> Result<SecretBytes> {
+        if !is_wrapped_key_len(wrapped.len()) {
+            return Err(Error::DecryptFailed);
+        }
+        // aes-kw wipes the buffer itself when the check fails; this one is wiped on drop.
+        let mut out = SecretBytes::zeroed(wrapped.len() - 8);
+        let len = key_wrap_key(kek)?
+            .unwrap_key(wrapped, out.expose_secret_mut())
+            .map_err(|_| Error::DecryptFailed)?
+            .len();
+        out.truncate(len);
+        Ok(out)
     }
 
     fn generate_key_pair(&self, spec: KeyPairSpec) -> Result<SecretBytes> {

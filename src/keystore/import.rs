@@ -1,9 +1,15 @@
 //! Imported key material (BYOK): GetParametersForImport, ImportKeyMaterial,
 //! DeleteImportedKeyMaterial.
 //!
-//! The caller wraps its material with the RSA public key GetParametersForImport hands out
-//! (RSAES-OAEP with SHA-1 or SHA-256) and sends it back with the import token, which is valid
-//! for 24 hours and names one key. Material may expire (`ValidTo`); expired or deleted material
+//! The caller wraps its material with the RSA public key GetParametersForImport hands out and
+//! sends it back with the import token, which is valid for 24 hours and names one key. The
+//! wrapping is RSAES-OAEP of the material itself (SHA-1 or SHA-256), or, for material too long
+//! for that (RSA private keys), RSA-OAEP of an ephemeral AES-256 key followed by AES-KWP
+//! (RFC 5649) of the material under it: `RSA_AES_KEY_WRAP_SHA_1` and `_SHA_256`.
+//!
+//! Material is what AWS takes: 32 bytes for SYMMETRIC_DEFAULT; for HMAC keys 28–64 (HMAC_224),
+//! 32–64 (HMAC_256), 48–128 (HMAC_384) or 64–128 (HMAC_512) bytes; a PKCS#8 DER private key of
+//! the key's spec for RSA and ECC keys. Material may expire (`ValidTo`); expired or deleted material
 //! returns the key to PendingImport until the same material is imported again — a keyed
 //! fingerprint (never the material) is kept to check that it is the same.
 
@@ -11,7 +17,7 @@ use super::error::{Error, ErrorKind};
 use super::key::{ImportTokenRecord, KeyState, Origin, UnixSeconds, VersionState};
 use super::lifecycle::OperationClass;
 use super::{KeySpec, Keystore, OpContext, material_from_bytes, rotation};
-use crate::crypto::{KeyPairSpec, OaepHash, SecretBytes};
+use crate::crypto::{self, AesKey, KeyPairSpec, OaepHash, PrivateKey, SecretBytes};
 
 const IMPORT_TOKEN_TTL: i64 = 24 * 3600;
 const MAX_VALID_TO: i64 = 365 * 86_400;
@@ -23,6 +29,10 @@ pub enum WrappingAlgorithm {
     RsaesOaepSha1,
     /// RSAES-OAEP with SHA-256.
     RsaesOaepSha256,
+    /// RSAES-OAEP with SHA-1 of an ephemeral AES-256 key, then AES-KWP of the material.
+    RsaAesKeyWrapSha1,
+    /// RSAES-OAEP with SHA-256 of an ephemeral AES-256 key, then AES-KWP of the material.
+    RsaAesKeyWrapSha256,
 }
 
 impl WrappingAlgorithm {
@@ -31,19 +41,63 @@ impl WrappingAlgorithm {
         match self {
             Self::RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
             Self::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+            Self::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1",
+            Self::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256",
         }
     }
 
-    /// Parses an AWS KMS name. `RSA_AES_KEY_WRAP_SHA_*` and PKCS#1 v1.5 are not offered.
+    /// Parses an AWS KMS name. RSAES_PKCS1_V1_5 (withdrawn by AWS in 2023) and SM2PKE are not
+    /// offered.
     pub fn from_kms_name(name: &str) -> Option<Self> {
-        [Self::RsaesOaepSha1, Self::RsaesOaepSha256].into_iter().find(|a| a.kms_name() == name)
+        [
+            Self::RsaesOaepSha1,
+            Self::RsaesOaepSha256,
+            Self::RsaAesKeyWrapSha1,
+            Self::RsaAesKeyWrapSha256,
+        ]
+        .into_iter()
+        .find(|a| a.kms_name() == name)
     }
 
-    fn hash(self) -> OaepHash {
+    /// The OAEP hash (of the material, or of the ephemeral AES key).
+    pub fn hash(self) -> OaepHash {
         match self {
-            Self::RsaesOaepSha1 => OaepHash::Sha1,
-            Self::RsaesOaepSha256 => OaepHash::Sha256,
+            Self::RsaesOaepSha1 | Self::RsaAesKeyWrapSha1 => OaepHash::Sha1,
+            Self::RsaesOaepSha256 | Self::RsaAesKeyWrapSha256 => OaepHash::Sha256,
         }
+    }
+
+    /// Whether the material is wrapped with AES-KWP under an ephemeral AES-256 key.
+    pub fn is_rsa_aes(self) -> bool {
+        matches!(self, Self::RsaAesKeyWrapSha1 | Self::RsaAesKeyWrapSha256)
+    }
+
+    /// Checks AWS's rules for wrapping material of `spec` with this algorithm and a wrapping
+    /// key of `wrapping_spec`: RSA private keys need an RSA_AES algorithm, and RSAES-OAEP with
+    /// an RSA_2048 wrapping key cannot carry an ECC_NIST_P521 private key.
+    ///
+    /// # Errors
+    /// ValidationException naming the rule.
+    pub fn check_fits(self, spec: KeySpec, wrapping_spec: KeyPairSpec) -> Result<(), Error> {
+        let pair = spec.key_pair_spec();
+        if pair.is_some_and(KeyPairSpec::is_rsa) && !self.is_rsa_aes() {
+            return Err(Error::validation(format!(
+                "{} cannot wrap {spec} key material: use RSA_AES_KEY_WRAP_SHA_256 or \
+                 RSA_AES_KEY_WRAP_SHA_1",
+                self.kms_name()
+            )));
+        }
+        if pair == Some(KeyPairSpec::EccNistP521)
+            && wrapping_spec == KeyPairSpec::Rsa2048
+            && !self.is_rsa_aes()
+        {
+            return Err(Error::validation(format!(
+                "{} with an RSA_2048 wrapping key cannot wrap {spec} key material: use a \
+                 longer wrapping key or an RSA_AES wrapping algorithm",
+                self.kms_name()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +158,7 @@ impl Keystore {
             let key = self.resolve(key_ref, false).await?;
             super::lifecycle::check(OperationClass::Import, &key.record, &key.arn)?;
             external_only(key.record.origin, &key.arn)?;
+            algorithm.check_fits(key.record.spec, wrapping_spec)?;
             let wrapping_key = self.backend().generate_key_pair(wrapping_spec)?;
             let public_key = self
                 .backend()
@@ -203,15 +258,17 @@ impl Keystore {
         let wrapping_key =
             self.backend().load_private_key(wrapping_spec, wrapping_key.expose_secret())?;
         let incorrect = |why: &str| Error::new(ErrorKind::IncorrectKeyMaterial, why.to_owned());
-        let material: SecretBytes =
-            wrapping_key.decrypt_oaep(algorithm.hash(), encrypted_key_material).map_err(|_| {
+        let material = self
+            .unwrap_material(algorithm, wrapping_key.as_ref(), encrypted_key_material)
+            .map_err(|_| {
                 incorrect("the key material does not unwrap with the import parameters")
             })?;
         // The material must be of the key's type and size.
         let spec = key.record.spec;
-        match spec.secret_len() {
-            Some(len) if material.len() != len => {
-                return Err(incorrect(&format!("{spec} key material is {len} bytes")));
+        match imported_secret_len(spec) {
+            Some((min, max)) if !(min..=max).contains(&material.len()) => {
+                let bytes = if min == max { min.to_string() } else { format!("{min} to {max}") };
+                return Err(incorrect(&format!("{spec} key material is {bytes} bytes")));
             }
             Some(_) => {}
             None => {
@@ -297,6 +354,40 @@ impl Keystore {
         self.audit_key(ctx, "DeleteImportedKeyMaterial", &outcome, |arn| arn)?;
         outcome
     }
+}
+
+impl Keystore {
+    /// Undoes `algorithm`'s wrapping with the token's private key.
+    fn unwrap_material(
+        &self,
+        algorithm: WrappingAlgorithm,
+        wrapping_key: &dyn PrivateKey,
+        wrapped: &[u8],
+    ) -> crypto::Result<SecretBytes> {
+        if !algorithm.is_rsa_aes() {
+            return wrapping_key.decrypt_oaep(algorithm.hash(), wrapped);
+        }
+        // The RSA part is as long as the wrapping key's modulus; AES-KWP output follows.
+        let rsa_len = wrapping_key.spec().rsa_bits().unwrap_or(0) / 8;
+        if wrapped.len() <= rsa_len {
+            return Err(crypto::Error::DecryptFailed);
+        }
+        let (encrypted_aes_key, wrapped_material) = wrapped.split_at(rsa_len);
+        let aes_key = wrapping_key.decrypt_oaep(algorithm.hash(), encrypted_aes_key)?;
+        let aes_key = AesKey::from_slice(aes_key.expose_secret())
+            .map_err(|_| crypto::Error::DecryptFailed)?;
+        self.backend().unwrap_key(&aes_key, wrapped_material)
+    }
+}
+
+/// The bounds of imported symmetric or HMAC material of `spec`, in bytes (none for key pairs).
+fn imported_secret_len(spec: KeySpec) -> Option<(usize, usize)> {
+    let len = spec.secret_len()?;
+    Some(match spec {
+        KeySpec::Hmac224 | KeySpec::Hmac256 => (len, 64),
+        KeySpec::Hmac384 | KeySpec::Hmac512 => (len, 128),
+        _ => (len, len),
+    })
 }
 
 fn external_only(origin: Origin, arn: &str) -> Result<(), Error> {

@@ -20,7 +20,7 @@ use super::store::{AliasWrite, KeyUpdate, SqliteStore, Store, StoreFuture};
 use super::*;
 use crate::audit::{AuditError, AuditEvent, AuditSink};
 use crate::crypto::{
-    BackendKind, KeyPairSpec, MacAlgorithm, OaepHash, SignInput, SigningAlgorithm,
+    AesKey, BackendKind, KeyPairSpec, MacAlgorithm, OaepHash, SignInput, SigningAlgorithm,
 };
 
 // === harness ===
@@ -115,6 +115,16 @@ impl Harness {
             .expect("create external key")
             .record
             .id
+    }
+
+    async fn external_key(&self, spec: KeySpec, usage: KeyUsage) -> String {
+        let request = CreateKeyRequest {
+            spec,
+            usage: Some(usage),
+            origin: Origin::External,
+            ..CreateKeyRequest::default()
+        };
+        self.ks.create_key(&ctx(), request).await.expect("create external key").record.id
     }
 
     async fn state(&self, key_id: &str) -> KeyState {
@@ -656,11 +666,54 @@ async fn import_parameters(h: &Harness, key_id: &str) -> ImportParameters {
 }
 
 fn wrap(public_key: &[u8], material: &[u8]) -> Vec<u8> {
-    backend()
-        .load_public_key(KeyPairSpec::Rsa2048, public_key)
-        .expect("wrapping key")
-        .encrypt_oaep(OaepHash::Sha256, material)
-        .expect("wrap")
+    wrap_as(WrappingAlgorithm::RsaesOaepSha256, KeyPairSpec::Rsa2048, public_key, material)
+}
+
+/// Wraps `material` as a caller of AWS KMS does: OAEP of the material, or OAEP of a fresh
+/// AES-256 key followed by AES-KWP of the material under it.
+fn wrap_as(
+    algorithm: WrappingAlgorithm,
+    wrapping_spec: KeyPairSpec,
+    public_key: &[u8],
+    material: &[u8],
+) -> Vec<u8> {
+    let public = backend().load_public_key(wrapping_spec, public_key).expect("wrapping key");
+    if !algorithm.is_rsa_aes() {
+        return public.encrypt_oaep(algorithm.hash(), material).expect("wrap");
+    }
+    let aes_key = random_bytes(32);
+    let mut wrapped = public.encrypt_oaep(algorithm.hash(), &aes_key).expect("wrap the AES key");
+    let kek = AesKey::from_slice(&aes_key).expect("32 bytes");
+    wrapped.extend(backend().wrap_key(&kek, material).expect("AES-KWP"));
+    wrapped
+}
+
+/// For [`check_import_as`]: leaves the wrapped material as it is.
+fn intact(_: &mut Vec<u8>) {}
+
+/// GetParametersForImport with `algorithm` and `wrapping_spec`, then imports `material`
+/// (EXISTING_KEY_MATERIAL, no expiry) wrapped with them; `tamper` may damage the wrapped bytes.
+async fn check_import_as(
+    h: &Harness,
+    key_id: &str,
+    material: &[u8],
+    (algorithm, wrapping_spec): (WrappingAlgorithm, KeyPairSpec),
+    tamper: fn(&mut Vec<u8>),
+) -> Result<(String, String), Error> {
+    let params = h.ks.get_parameters_for_import(&ctx(), key_id, algorithm, wrapping_spec).await?;
+    let mut wrapped = wrap_as(algorithm, wrapping_spec, &params.public_key, material);
+    tamper(&mut wrapped);
+    h.ks.import_key_material(
+        &ctx(),
+        key_id,
+        ImportRequest {
+            import_token: &params.import_token,
+            encrypted_key_material: &wrapped,
+            valid_to: None,
+            import_type: ImportType::ExistingKeyMaterial,
+        },
+    )
+    .await
 }
 
 /// The versions in the store are 1..=n, contiguous, with exactly one current, the key's
@@ -1967,6 +2020,202 @@ async fn import_hmac_material_checks_size() {
     assert_err(
         check_import(&h, &id, &random_bytes(32), ImportType::NewKeyMaterial, None).await,
         ErrorKind::UnsupportedOperation,
+    );
+}
+
+#[tokio::test]
+async fn import_rsa_and_ecc_private_keys_with_rsa_aes_key_wrap() {
+    use WrappingAlgorithm::{RsaAesKeyWrapSha1, RsaAesKeyWrapSha256};
+    let h = harness();
+    let cases = [
+        (
+            KeyPairSpec::Rsa2048,
+            RsaAesKeyWrapSha256,
+            KeyPairSpec::Rsa3072,
+            SigningAlgorithm::RsassaPssSha256,
+        ),
+        (
+            KeyPairSpec::Rsa2048,
+            RsaAesKeyWrapSha1,
+            KeyPairSpec::Rsa2048,
+            SigningAlgorithm::RsassaPkcs1V15Sha384,
+        ),
+        (
+            KeyPairSpec::EccNistP256,
+            RsaAesKeyWrapSha256,
+            KeyPairSpec::Rsa2048,
+            SigningAlgorithm::EcdsaSha256,
+        ),
+        (
+            KeyPairSpec::EccNistP521,
+            RsaAesKeyWrapSha1,
+            KeyPairSpec::Rsa2048,
+            SigningAlgorithm::EcdsaSha512,
+        ),
+        (
+            KeyPairSpec::EccSecgP256k1,
+            RsaAesKeyWrapSha256,
+            KeyPairSpec::Rsa2048,
+            SigningAlgorithm::EcdsaSha256,
+        ),
+    ];
+    for (pair, algorithm, wrapping_spec, signing) in cases {
+        let spec = KeySpec::from_kms_name(pair.kms_name()).expect("a key spec");
+        let id = h.external_key(spec, KeyUsage::SignVerify).await;
+        let pkcs8 = backend().generate_key_pair(pair).expect("generate");
+        let original_public =
+            backend().load_private_key(pair, pkcs8.expose_secret()).expect("load").public_key_der();
+        check_import_as(&h, &id, pkcs8.expose_secret(), (algorithm, wrapping_spec), intact)
+            .await
+            .unwrap_or_else(|e| panic!("import {pair} wrapped with {}: {e}", algorithm.kms_name()));
+        assert_eq!(h.state(&id).await, KeyState::Enabled);
+        let info = h.ks.get_public_key(&ctx(), &id).await.expect("get_public_key");
+        assert_eq!(info.public_key, original_public, "{pair}");
+        // kagi signs with the imported key; the original's public half verifies it on both
+        // backends, outside the keystore.
+        let (signature, _) =
+            h.ks.sign(&ctx(), &id, b"imported", MessageType::Raw, signing).await.expect("sign");
+        for kind in BackendKind::ALL {
+            let public = kind.backend().load_public_key(pair, &original_public).expect("public");
+            public
+                .verify(signing, SignInput::Message(b"imported"), &signature)
+                .unwrap_or_else(|e| panic!("[{kind}] {pair} signature by the imported key: {e:?}"));
+        }
+        // Asymmetric material never changes after the first import.
+        let other = backend().generate_key_pair(pair).expect("generate");
+        assert_err(
+            check_import_as(&h, &id, other.expose_secret(), (algorithm, wrapping_spec), intact)
+                .await,
+            ErrorKind::IncorrectKeyMaterial,
+        );
+        check_import_as(&h, &id, pkcs8.expose_secret(), (algorithm, wrapping_spec), intact)
+            .await
+            .expect("re-import the same material");
+    }
+}
+
+#[tokio::test]
+async fn wrapping_algorithms_follow_aws_rules_and_refuse_bad_material() {
+    use WrappingAlgorithm::{RsaAesKeyWrapSha256, RsaesOaepSha1, RsaesOaepSha256};
+    let h = harness();
+    // RSA private keys need an RSA_AES algorithm; RSAES_OAEP with RSA_2048 cannot carry P-521.
+    let rsa = h.external_key(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt).await;
+    let p521 = h.external_key(KeySpec::EccNistP521, KeyUsage::SignVerify).await;
+    for (id, algorithm) in [(&rsa, RsaesOaepSha256), (&rsa, RsaesOaepSha1), (&p521, RsaesOaepSha1)]
+    {
+        assert_err(
+            h.ks.get_parameters_for_import(&ctx(), id, algorithm, KeyPairSpec::Rsa2048).await,
+            ErrorKind::Validation,
+        );
+    }
+    for name in ["RSAES_PKCS1_V1_5", "SM2PKE", "rsa_aes_key_wrap_sha_256"] {
+        assert_eq!(WrappingAlgorithm::from_kms_name(name), None, "{name}");
+    }
+    // A longer wrapping key carries P-521 with RSAES-OAEP.
+    let p521_material = backend().generate_key_pair(KeyPairSpec::EccNistP521).expect("p521");
+    check_import_as(
+        &h,
+        &p521,
+        p521_material.expose_secret(),
+        (RsaesOaepSha256, KeyPairSpec::Rsa3072),
+        intact,
+    )
+    .await
+    .expect("P-521 with RSAES_OAEP_SHA_256 and RSA_3072");
+
+    // A KEY_AGREEMENT key imported with RSAES-OAEP agrees as the original does.
+    let agreeing = h.external_key(KeySpec::EccNistP256, KeyUsage::KeyAgreement).await;
+    let material = backend().generate_key_pair(KeyPairSpec::EccNistP256).expect("p256");
+    let with = (RsaesOaepSha256, KeyPairSpec::Rsa2048);
+    check_import_as(&h, &agreeing, material.expose_secret(), with, intact).await.expect("import");
+    let peer = backend().generate_key_pair(KeyPairSpec::EccNistP256).expect("peer");
+    let peer =
+        backend().load_private_key(KeyPairSpec::EccNistP256, peer.expose_secret()).expect("peer");
+    let (ours, _, _) =
+        h.ks.derive_shared_secret(&ctx(), &agreeing, &peer.public_key_der()).await.expect("derive");
+    let public = h.ks.get_public_key(&ctx(), &agreeing).await.expect("public key").public_key;
+    assert_eq!(ours.expose_secret(), peer.agree(&public).expect("agree").expose_secret());
+
+    // Material of another spec, damaged wrapping, or an ephemeral key that is not AES-256.
+    let p384 = h.external_key(KeySpec::EccNistP384, KeyUsage::SignVerify).await;
+    let hybrid = (RsaAesKeyWrapSha256, KeyPairSpec::Rsa2048);
+    for material in
+        [material.expose_secret(), p521_material.expose_secret(), b"not a key".as_slice()]
+    {
+        assert_err(
+            check_import_as(&h, &p384, material, hybrid, intact).await,
+            ErrorKind::IncorrectKeyMaterial,
+        );
+    }
+    let p384_material = backend().generate_key_pair(KeyPairSpec::EccNistP384).expect("p384");
+    let tampers: [fn(&mut Vec<u8>); 4] = [
+        |w| *w.last_mut().expect("bytes") ^= 1,
+        |w| w[0] ^= 1,
+        |w| w.truncate(256 + 8),
+        |w| w.truncate(256),
+    ];
+    for tamper in tampers {
+        assert_err(
+            check_import_as(&h, &p384, p384_material.expose_secret(), hybrid, tamper).await,
+            ErrorKind::IncorrectKeyMaterial,
+        );
+    }
+    let params =
+        h.ks.get_parameters_for_import(&ctx(), &p384, hybrid.0, hybrid.1).await.expect("params");
+    let public = backend().load_public_key(KeyPairSpec::Rsa2048, &params.public_key).expect("key");
+    let aes_128 = random_bytes(16);
+    let mut wrapped = public.encrypt_oaep(OaepHash::Sha256, &aes_128).expect("oaep");
+    wrapped.extend(random_bytes(40));
+    let request = ImportRequest {
+        import_token: &params.import_token,
+        encrypted_key_material: &wrapped,
+        valid_to: None,
+        import_type: ImportType::ExistingKeyMaterial,
+    };
+    assert_err(
+        h.ks.import_key_material(&ctx(), &p384, request).await,
+        ErrorKind::IncorrectKeyMaterial,
+    );
+    assert_eq!(h.state(&p384).await, KeyState::PendingImport);
+    check_import_as(&h, &p384, p384_material.expose_secret(), hybrid, intact)
+        .await
+        .expect("import");
+}
+
+#[tokio::test]
+async fn import_hmac_and_symmetric_material_with_rsa_aes_key_wrap() {
+    let h = harness();
+    let hybrid = (WrappingAlgorithm::RsaAesKeyWrapSha256, KeyPairSpec::Rsa2048);
+    // AWS's bounds: HMAC_224 28–64, HMAC_256 32–64, HMAC_384 48–128, HMAC_512 64–128 bytes.
+    for (spec, algorithm, min, max) in [
+        (KeySpec::Hmac224, MacAlgorithm::HmacSha224, 28, 64),
+        (KeySpec::Hmac256, MacAlgorithm::HmacSha256, 32, 64),
+        (KeySpec::Hmac384, MacAlgorithm::HmacSha384, 48, 128),
+        (KeySpec::Hmac512, MacAlgorithm::HmacSha512, 64, 128),
+    ] {
+        let id = h.external_key(spec, KeyUsage::GenerateVerifyMac).await;
+        for len in [min - 1, max + 1] {
+            assert_err(
+                check_import_as(&h, &id, &random_bytes(len), hybrid, intact).await,
+                ErrorKind::IncorrectKeyMaterial,
+            );
+        }
+        let material = random_bytes(max);
+        check_import_as(&h, &id, &material, hybrid, intact).await.expect("import");
+        let (mac, _) = h.ks.generate_mac(&ctx(), &id, b"message", algorithm).await.expect("mac");
+        let local = backend().hmac(algorithm, &material, b"message").expect("hmac");
+        assert_eq!(mac, local, "{spec}: kagi's MAC is the HMAC under the imported bytes");
+        h.ks.verify_mac(&ctx(), &id, b"message", algorithm, &local).await.expect("verify_mac");
+    }
+    // A symmetric key imported this way decrypts what a key of the same bytes encrypted.
+    let id = h.external().await;
+    let material = random_bytes(32);
+    check_import_as(&h, &id, &material, hybrid, intact).await.expect("import");
+    let blob = h.encrypt(&id, b"hybrid", &no_context()).await;
+    assert_eq!(h.decrypt(&blob, &no_context()).await.expect("decrypt"), b"hybrid");
+    assert_err(
+        check_import_as(&h, &id, &random_bytes(16), hybrid, intact).await,
+        ErrorKind::IncorrectKeyMaterial,
     );
 }
 

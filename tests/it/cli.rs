@@ -1,6 +1,12 @@
 //! The real `kagi` binary against a temporary data directory: every command, the state
 //! transitions (time moved with `KAGI_FAKE_NOW`), and the exit code of each refusal.
 
+use std::path::Path;
+
+use kagi::crypto::{
+    AesKey, BackendKind, CryptoBackend, KeyPairSpec, MacAlgorithm, SignInput, SigningAlgorithm,
+};
+use kagi::keystore::WrappingAlgorithm;
 use sha2::Digest as _;
 
 use crate::support::{Kagi, arg};
@@ -418,4 +424,345 @@ fn passphrase_root_key() {
     assert!(run(&["keys", "create"], "correct horse").status.success());
     let wrong = run(&["keys", "list"], "wrong horse");
     assert_eq!(wrong.status.code(), Some(7));
+}
+
+// === import, re-encrypt, data key pairs, key agreement ===
+
+/// The other backend than the binary's default: the tests wrap, verify and agree with it.
+fn local() -> &'static dyn CryptoBackend {
+    BackendKind::RustCrypto.backend()
+}
+
+fn random(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    local().fill_random(&mut bytes).expect("random");
+    bytes
+}
+
+/// `kagi keys import-parameters KEY` with `algorithm` and an RSA_2048 wrapping key, then wraps
+/// `material` as an AWS KMS caller does. Returns the token and wrapped-material paths.
+fn wrap_for_import(
+    kagi: &Kagi,
+    key: &str,
+    algorithm: &str,
+    material: &[u8],
+    name: &str,
+) -> (String, String) {
+    let (public_key, token) =
+        (kagi.path(&format!("{name}.der")), kagi.path(&format!("{name}.token")));
+    let parameters = kagi
+        .ok(&[
+            "--output",
+            "json",
+            "keys",
+            "import-parameters",
+            key,
+            "--wrapping-algorithm",
+            algorithm,
+            "--wrapping-key-spec",
+            "RSA_2048",
+            "--public-key",
+            arg(&public_key),
+            "--token",
+            arg(&token),
+        ])
+        .json();
+    assert_eq!(parameters["ParametersValidTo"], kagi.now + DAY);
+    let public_key = std::fs::read(&public_key).expect("public key");
+    let public = local().load_public_key(KeyPairSpec::Rsa2048, &public_key).expect("wrapping key");
+    let algorithm = WrappingAlgorithm::from_kms_name(algorithm).expect("a wrapping algorithm");
+    let wrapped = if algorithm.is_rsa_aes() {
+        let aes_key = random(32);
+        let mut wrapped = public.encrypt_oaep(algorithm.hash(), &aes_key).expect("oaep");
+        let kek = AesKey::from_slice(&aes_key).expect("32 bytes");
+        wrapped.extend(local().wrap_key(&kek, material).expect("AES-KWP"));
+        wrapped
+    } else {
+        public.encrypt_oaep(algorithm.hash(), material).expect("oaep")
+    };
+    let wrapped = kagi.write(&format!("{name}.wrapped"), &wrapped);
+    (arg(&token).to_owned(), arg(&wrapped).to_owned())
+}
+
+/// `kagi keys import-material KEY --token … --material … EXPIRY…`.
+fn import_args<'a>(key: &'a str, files: &'a (String, String), expiry: &[&'a str]) -> Vec<&'a str> {
+    let mut args =
+        vec!["keys", "import-material", key, "--token", &files.0, "--material", &files.1];
+    args.extend_from_slice(expiry);
+    args
+}
+
+#[test]
+fn import_round_trips_expires_at_sweep_and_reimports() {
+    let mut kagi = Kagi::new();
+    let key = kagi.create_key(&["--origin", "EXTERNAL"]);
+    assert_eq!(kagi.describe(&key)["KeyState"], "PendingImport");
+    let plaintext = kagi.write("plaintext", b"imported");
+    kagi.fails(&["encrypt", "--key", &key, "--in", arg(&plaintext)], 4);
+
+    let material = random(32);
+    let first = wrap_for_import(&kagi, &key, "RSA_AES_KEY_WRAP_SHA_256", &material, "first");
+    let expires = (kagi.now + DAY).to_string();
+    let imported =
+        kagi.ok(&import_args(&key, &first, &["--output", "json", "--expires-at", &expires])).json();
+    assert_eq!(imported["ValidTo"], kagi.now + DAY);
+    let metadata = kagi.describe(&key);
+    assert_eq!(metadata["KeyState"], "Enabled");
+    assert_eq!(metadata["ExpirationModel"], "KEY_MATERIAL_EXPIRES");
+    assert_eq!(metadata["ValidTo"], kagi.now + DAY);
+    assert_eq!(metadata["CurrentKeyMaterialId"], imported["KeyMaterialId"]);
+    let blob = encrypt(&kagi, &key, b"imported", &["app=byok"], "blob");
+    check_decrypt(&kagi, &blob, &["app=byok"], Ok(b"imported"));
+
+    // One second before the expiry the sweeper leaves the material; at the expiry it destroys it.
+    kagi.now += DAY - 1;
+    let report = kagi.ok(&["--output", "json", "keys", "sweep"]).json();
+    assert_eq!(report["Expired"].as_array().map(Vec::len), Some(0));
+    kagi.now += 1;
+    let report = kagi.ok(&["--output", "json", "keys", "sweep"]).json();
+    assert_eq!(report["Expired"].as_array().map(Vec::len), Some(1));
+    assert_eq!(kagi.describe(&key)["KeyState"], "PendingImport");
+    kagi.fails(&["encrypt", "--key", &key, "--in", arg(&plaintext)], 4);
+    check_decrypt(&kagi, &blob, &["app=byok"], Err(4));
+
+    // The first token expired with the material; different material is refused; the same
+    // material, wrapped anew with another algorithm, brings the key and its ciphertexts back.
+    let refused = |args: &[&str], exception: &str| {
+        let run = kagi.fails(args, 6);
+        assert!(run.stderr.contains(exception), "{args:?}: {}", run.stderr);
+    };
+    refused(&import_args(&key, &first, &["--no-expiry"]), "ExpiredImportTokenException");
+    let other = wrap_for_import(&kagi, &key, "RSA_AES_KEY_WRAP_SHA_1", &random(32), "other");
+    refused(&import_args(&key, &other, &["--no-expiry"]), "IncorrectKeyMaterialException");
+    let again = wrap_for_import(&kagi, &key, "RSAES_OAEP_SHA_1", &material, "again");
+    let too_late = (kagi.now + 366 * DAY).to_string();
+    refused(&import_args(&key, &again, &["--expires-at", &too_late]), "ValidationException");
+    kagi.ok(&import_args(&key, &again, &["--no-expiry"]));
+    let metadata = kagi.describe(&key);
+    assert_eq!(metadata["KeyState"], "Enabled");
+    assert_eq!(metadata["ExpirationModel"], "KEY_MATERIAL_DOES_NOT_EXPIRE");
+    check_decrypt(&kagi, &blob, &["app=byok"], Ok(b"imported"));
+    // A token names one key.
+    let elsewhere = kagi.create_key(&["--origin", "EXTERNAL"]);
+    refused(&import_args(&elsewhere, &again, &["--no-expiry"]), "InvalidImportTokenException");
+
+    kagi.ok(&["keys", "delete-material", &key]);
+    assert_eq!(kagi.describe(&key)["KeyState"], "PendingImport");
+    check_decrypt(&kagi, &blob, &["app=byok"], Err(4));
+
+    // Refusals: a key of origin AWS_KMS, an unknown or unfit wrapping algorithm, no expiry
+    // choice at all.
+    let native = kagi.create_key(&[]);
+    let rsa = kagi.create_key(&["--spec", "RSA_2048", "--origin", "EXTERNAL"]);
+    let (public_key, token) = (kagi.path("p.der"), kagi.path("p.token"));
+    let files = ["--public-key", arg(&public_key), "--token", arg(&token)];
+    for (key, algorithm) in
+        [(&native, "RSAES_OAEP_SHA_256"), (&key, "RSAES_PKCS1_V1_5"), (&rsa, "RSAES_OAEP_SHA_256")]
+    {
+        let args = ["keys", "import-parameters", key, "--wrapping-algorithm", algorithm];
+        kagi.fails(&[&args[..], &files].concat(), 6);
+    }
+    assert_eq!(kagi.run(&import_args(&key, &again, &[])).code, 2, "no expiry choice");
+}
+
+#[test]
+fn imported_signing_and_hmac_keys_match_the_original_material() {
+    let kagi = Kagi::new();
+    let signer = kagi.create_key(&["--spec", "ECC_NIST_P256", "--origin", "EXTERNAL"]);
+    let pkcs8 = local().generate_key_pair(KeyPairSpec::EccNistP256).expect("generate");
+    let files =
+        wrap_for_import(&kagi, &signer, "RSA_AES_KEY_WRAP_SHA_1", pkcs8.expose_secret(), "p256");
+    kagi.ok(&import_args(&signer, &files, &["--no-expiry"]));
+    let original = local()
+        .load_private_key(KeyPairSpec::EccNistP256, pkcs8.expose_secret())
+        .expect("load")
+        .public_key_der();
+    assert_eq!(kagi.ok(&["public-key", "--key", &signer]).stdout, original);
+    let message = kagi.write("message", b"signed by an imported key");
+    let signature = kagi.path("signature");
+    kagi.ok(&[
+        "sign",
+        "--key",
+        &signer,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        arg(&message),
+        "--out",
+        arg(&signature),
+    ]);
+    local()
+        .load_public_key(KeyPairSpec::EccNistP256, &original)
+        .expect("public key")
+        .verify(
+            SigningAlgorithm::EcdsaSha256,
+            SignInput::Message(b"signed by an imported key"),
+            &std::fs::read(&signature).expect("signature"),
+        )
+        .expect("the original public key verifies kagi's signature");
+
+    let hmac = kagi.create_key(&["--spec", "HMAC_256", "--origin", "EXTERNAL"]);
+    let material = random(48);
+    let files = wrap_for_import(&kagi, &hmac, "RSAES_OAEP_SHA_256", &material, "hmac");
+    kagi.ok(&import_args(&hmac, &files, &["--no-expiry"]));
+    let mac =
+        kagi.ok(&["mac", "--key", &hmac, "--algorithm", "HMAC_SHA_256", "--in", arg(&message)]);
+    let expected = local()
+        .hmac(MacAlgorithm::HmacSha256, &material, b"signed by an imported key")
+        .expect("hmac");
+    assert_eq!(mac.stdout, expected);
+}
+
+#[test]
+fn re_encrypt_to_another_key_then_decrypt() {
+    let kagi = Kagi::new();
+    let (source, destination) = (kagi.create_key(&[]), kagi.create_key(&[]));
+    let blob = encrypt(&kagi, &source, b"moving", &["tenant=acme"], "blob");
+    let moved = kagi.path("moved");
+    let re_encrypt = |extra: &[&str], out: &str| {
+        let mut args = vec!["re-encrypt", "--in", &blob, "--out", out];
+        args.extend_from_slice(extra);
+        kagi.run(&args)
+    };
+    let run = re_encrypt(
+        &["--key", &destination, "--source-context", "tenant=acme", "--context", "tenant=globex"],
+        arg(&moved),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    check_decrypt(&kagi, arg(&moved), &["tenant=globex"], Ok(b"moving"));
+    check_decrypt(&kagi, arg(&moved), &["tenant=acme"], Err(5));
+    kagi.fails(
+        &["decrypt", "--key", &source, "--in", arg(&moved), "--context", "tenant=globex"],
+        5,
+    );
+    // The source context must match, and a named source key must be the blob's.
+    assert_eq!(re_encrypt(&["--key", &destination], arg(&moved)).code, 5);
+    let named_wrong =
+        ["--key", &destination, "--source-key", &destination, "--source-context", "tenant=acme"];
+    assert_eq!(re_encrypt(&named_wrong, arg(&moved)).code, 5);
+    // To its own key after a rotation: the newest version (blob bytes 17..21).
+    kagi.ok(&["keys", "rotate", &source]);
+    let rotated = kagi.path("rotated");
+    let run = re_encrypt(
+        &["--key", &source, "--source-context", "tenant=acme", "--context", "tenant=acme"],
+        arg(&rotated),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read(&rotated).expect("blob")[17..21], 2u32.to_be_bytes());
+    check_decrypt(&kagi, arg(&rotated), &["tenant=acme"], Ok(b"moving"));
+    // To an RSA key with OAEP, which takes no context.
+    let rsa = kagi.create_key(&["--spec", "RSA_2048", "--usage", "ENCRYPT_DECRYPT"]);
+    let oaep = kagi.path("oaep");
+    let to_rsa =
+        ["--key", &rsa, "--algorithm", "RSAES_OAEP_SHA_256", "--source-context", "tenant=acme"];
+    let run = re_encrypt(&to_rsa, arg(&oaep));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let decrypted = kagi.ok(&[
+        "decrypt",
+        "--key",
+        &rsa,
+        "--algorithm",
+        "RSAES_OAEP_SHA_256",
+        "--in",
+        arg(&oaep),
+    ]);
+    assert_eq!(decrypted.stdout, b"moving");
+}
+
+#[test]
+fn data_key_pair_is_usable() {
+    use base64::Engine as _;
+    let base64 = |value: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().expect("a string"))
+            .expect("base64")
+    };
+    let kagi = Kagi::new();
+    let key = kagi.create_key(&[]);
+    for (spec, pair, algorithm) in [
+        ("ECC_NIST_P256", KeyPairSpec::EccNistP256, SigningAlgorithm::EcdsaSha256),
+        ("RSA_2048", KeyPairSpec::Rsa2048, SigningAlgorithm::RsassaPssSha256),
+    ] {
+        let args = [
+            "--output",
+            "json",
+            "data-key-pair",
+            "--key",
+            &key,
+            "--spec",
+            spec,
+            "--context",
+            "use=tls",
+        ];
+        let document = kagi.ok(&args).json();
+        assert_eq!(document["KeyPairSpec"], spec);
+        let (public_key, private_key) =
+            (base64(&document["PublicKey"]), base64(&document["PrivateKeyPlaintext"]));
+        // The private key signs, the public key verifies, on a backend other than kagi's.
+        let private = local().load_private_key(pair, &private_key).expect("PKCS#8 private key");
+        assert_eq!(private.public_key_der(), public_key);
+        let signature = private.sign(algorithm, SignInput::Message(b"m")).expect("sign");
+        let public = local().load_public_key(pair, &public_key).expect("public key");
+        public.verify(algorithm, SignInput::Message(b"m"), &signature).expect("verify");
+        // The encrypted private key decrypts under the key, with its context, to the same bytes.
+        let blob = kagi.write("pair.blob", &base64(&document["PrivateKeyCiphertextBlob"]));
+        check_decrypt(&kagi, arg(&blob), &["use=tls"], Ok(&private_key));
+        check_decrypt(&kagi, arg(&blob), &[], Err(5));
+    }
+    let without = kagi
+        .ok(&[
+            "--output",
+            "json",
+            "data-key-pair",
+            "--key",
+            &key,
+            "--spec",
+            "ECC_NIST_P384",
+            "--without-plaintext",
+        ])
+        .json();
+    assert!(without.get("PrivateKeyPlaintext").is_none(), "{without}");
+    assert!(without.get("PrivateKeyCiphertextBlob").is_some());
+    kagi.fails(&["data-key-pair", "--key", &key, "--spec", "ED25519"], 6);
+    let rsa = kagi.create_key(&["--spec", "RSA_2048", "--usage", "ENCRYPT_DECRYPT"]);
+    kagi.fails(&["data-key-pair", "--key", &rsa, "--spec", "ECC_NIST_P256"], 6);
+}
+
+#[test]
+fn derive_shared_secret_agrees_on_both_sides() {
+    let kagi = Kagi::new();
+    let keys = ["alice", "bob"].map(|name| {
+        let key = kagi.create_key(&["--spec", "ECC_NIST_P384", "--usage", "KEY_AGREEMENT"]);
+        let public_key = kagi.path(&format!("{name}.der"));
+        kagi.ok(&["public-key", "--key", &key, "--out", arg(&public_key)]);
+        (key, public_key)
+    });
+    let derive = |key: &str, peer: &Path| {
+        kagi.ok(&["derive-shared-secret", "--key", key, "--in", arg(peer)]).stdout
+    };
+    let alice_bob = derive(&keys[0].0, &keys[1].1);
+    assert_eq!(alice_bob.len(), 48);
+    assert_eq!(alice_bob, derive(&keys[1].0, &keys[0].1));
+    // With a peer outside kagi, base64 in and out.
+    let peer = local().generate_key_pair(KeyPairSpec::EccNistP384).expect("generate");
+    let peer =
+        local().load_private_key(KeyPairSpec::EccNistP384, peer.expose_secret()).expect("load");
+    use base64::Engine as _;
+    let peer_b64 = base64::engine::general_purpose::STANDARD.encode(peer.public_key_der());
+    let run = kagi.run_with_input(
+        &["derive-shared-secret", "--key", &keys[0].0, "--base64"],
+        peer_b64.as_bytes(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let alice_public = std::fs::read(&keys[0].1).expect("public key");
+    let expected = peer.agree(&alice_public).expect("agree");
+    assert_eq!(
+        run.stdout_text().trim(),
+        base64::engine::general_purpose::STANDARD.encode(expected.expose_secret())
+    );
+    // A SIGN_VERIFY key does not agree; a peer on another curve is invalid.
+    let signer = kagi.create_key(&["--spec", "ECC_NIST_P384"]);
+    kagi.fails(&["derive-shared-secret", "--key", &signer, "--in", arg(&keys[1].1)], 6);
+    let p256 = kagi.create_key(&["--spec", "ECC_NIST_P256", "--usage", "KEY_AGREEMENT"]);
+    kagi.fails(&["derive-shared-secret", "--key", &p256, "--in", arg(&keys[1].1)], 6);
 }

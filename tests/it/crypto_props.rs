@@ -1,7 +1,8 @@
 //! Properties of the crypto layer, on every backend.
 //!
 //! AES-GCM round-trips any plaintext and associated data, and refuses any damage (a flipped
-//! bit, a truncation, other associated data) with [`Error::DecryptFailed`]. Malformed input
+//! bit, a truncation, other associated data) with [`Error::DecryptFailed`]; AES-KWP
+//! round-trips any key and refuses random input. Malformed input
 //! never panics and fails with the error the API documents for it. Secrets stay out of `Debug`.
 
 use std::sync::OnceLock;
@@ -165,6 +166,28 @@ proptest! {
         for kind in BackendKind::ALL {
             let opened = kind.backend().open(&key, &nonce, b"", &input);
             prop_assert!(matches!(opened, Err(Error::DecryptFailed)), "[{kind}] {opened:?}");
+        }
+    }
+
+    #[test]
+    fn key_wrap_round_trips_and_random_input_fails_to_unwrap(
+        kek in aes_key(),
+        key in bytes(300),
+        input in bytes(200),
+    ) {
+        let kek = AesKey::from_slice(&kek).expect("32 bytes");
+        for kind in BackendKind::ALL {
+            let backend = kind.backend();
+            match backend.wrap_key(&kek, &key) {
+                Ok(wrapped) => {
+                    let unwrapped = backend.unwrap_key(&kek, &wrapped).map(|k| k.expose_secret().to_vec());
+                    prop_assert_eq!(unwrapped, Ok(key.clone()), "[{}]", kind);
+                }
+                Err(err) => prop_assert!(key.is_empty() && matches!(err, Error::InvalidInput(_)), "[{kind}] {err:?}"),
+            }
+            // A random input unwraps with probability 2^-32 per try at best: never here.
+            let unwrapped = backend.unwrap_key(&kek, &input);
+            prop_assert!(matches!(unwrapped, Err(Error::DecryptFailed)), "[{kind}] {unwrapped:?}");
         }
     }
 

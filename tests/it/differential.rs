@@ -3,8 +3,8 @@
 //! For every ordered pair of backends (a backend paired with itself included): keys generated
 //! by one load into the other with the same public key; signatures (by message and by digest)
 //! made by one verify on the other, ECDSA ones in both their low-S and high-S forms; OAEP
-//! ciphertexts and AES-GCM ciphertexts made by one decrypt on the other; HMAC, HKDF and ECDH
-//! give the same bytes on both.
+//! ciphertexts and AES-GCM ciphertexts made by one decrypt on the other; HMAC, HKDF, ECDH and
+//! AES key wrap with padding give the same bytes on both.
 
 use std::sync::OnceLock;
 
@@ -341,6 +341,57 @@ fn aes_gcm_ciphertexts_are_equal_and_open_across_backends() {
                 opened.unwrap_or_else(|err| panic!("sealed by {a}, opened by {b}: {err:?}"));
             assert_eq!(opened.expose_secret(), plaintext.as_slice());
         }
+    }
+}
+
+#[test]
+fn aes_kwp_wrapped_keys_are_equal_and_unwrap_across_backends() {
+    // Lengths around the single-block case (≤ 8 bytes), block boundaries, and import sizes
+    // (an AES key, an HMAC key, PKCS#8 keys up to RSA-4096).
+    for len in [1, 7, 8, 9, 15, 16, 17, 24, 32, 64, 121, 1000, 2400] {
+        let kek = AesKey::from_slice(&random(32)).expect("32 bytes");
+        let key = random(len);
+        let wrapped = BackendKind::ALL.map(|kind| {
+            kind.backend()
+                .wrap_key(&kek, &key)
+                .unwrap_or_else(|err| panic!("[{kind}] wrap_key {len}: {err:?}"))
+        });
+        assert_eq!(wrapped[0].len(), len.div_ceil(8) * 8 + 8);
+        assert!(wrapped.iter().all(|w| *w == wrapped[0]), "wrap of {len} bytes differs");
+        let other_kek = AesKey::from_slice(&random(32)).expect("32 bytes");
+        for (a, b) in pairs() {
+            let backend = b.backend();
+            let unwrapped = backend.unwrap_key(&kek, &wrapped[kind_index(a)]);
+            let unwrapped =
+                unwrapped.unwrap_or_else(|err| panic!("wrapped by {a}, unwrapped by {b}: {err:?}"));
+            assert_eq!(unwrapped.expose_secret(), key.as_slice());
+            // Another key, any flipped bit, a lost or an extra semiblock: refused alike.
+            let mut damaged = wrapped[kind_index(a)].clone();
+            let flipped = len % damaged.len();
+            damaged[flipped] ^= 0x10;
+            let short = &wrapped[0][..wrapped[0].len() - 8];
+            let long = [wrapped[0].as_slice(), &[0; 8]].concat();
+            for (what, input, kek) in [
+                ("another key", wrapped[0].as_slice(), &other_kek),
+                ("a flipped bit", &damaged, &kek),
+                ("a semiblock less", short, &kek),
+                ("a semiblock more", &long, &kek),
+                ("a byte less", &wrapped[0][1..], &kek),
+            ] {
+                assert_eq!(
+                    backend.unwrap_key(kek, input).map(|_| ()),
+                    Err(Error::DecryptFailed),
+                    "[{b}] unwrap of {len} bytes with {what}"
+                );
+            }
+        }
+    }
+    for kind in BackendKind::ALL {
+        let kek = AesKey::from_slice(&random(32)).expect("32 bytes");
+        assert!(
+            matches!(kind.backend().wrap_key(&kek, &[]), Err(Error::InvalidInput(_))),
+            "[{kind}] wrap of an empty key"
+        );
     }
 }
 

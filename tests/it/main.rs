@@ -3,7 +3,8 @@
 //! Every crypto test loops over [`kagi::crypto::BackendKind::ALL`], so each backend is held to
 //! the same vectors and properties, and the two are checked against each other.
 
-// Every applicable Wycheproof vector (AES-GCM, ECDSA, RSA PKCS#1/PSS/OAEP, HMAC, ECDH, HKDF),
+// Every applicable Wycheproof vector (AES-GCM, ECDSA, RSA PKCS#1/PSS/OAEP, HMAC, ECDH, HKDF,
+// AES-KWP),
 // on each backend.
 mod wycheproof;
 
@@ -20,3 +21,8 @@ mod support;
 
 // The `kagi` command line end to end: every command, state transition and refusal.
 mod cli;
+
+// `kill -9` of concurrent `kagi` processes at an arbitrary moment: every operation that reported
+// success survives, and the keystore stays whole.
+#[cfg(unix)]
+mod crash;

@@ -5,7 +5,8 @@
 //! RSA PKCS#1 v1.5 and PSS (MGF1 with the message hash, salt as long as the hash) on 2048, 3072
 //! and 4096-bit keys with SHA-256/384/512; RSA-OAEP with SHA-1 or SHA-256 (for both the label
 //! hash and MGF1) and an empty label; full-length HMAC-SHA-2 tags; ECDH on the NIST curves with
-//! DER public keys; HKDF-SHA-512. Everything else in a set is skipped and counted, with the
+//! DER public keys; HKDF-SHA-512; AES key wrap with padding (RFC 5649) under 256-bit keys.
+//! Everything else in a set is skipped and counted, with the
 //! reason.
 //!
 //! Valid vectors must be accepted with exactly the expected output, invalid ones rejected with
@@ -591,6 +592,41 @@ fn ecdh() {
                         Err(err) => {
                             let documented = matches!(err, Error::InvalidKey(_));
                             rejected("agree", err, documented)
+                        }
+                    }
+                });
+            }
+        }
+    });
+}
+
+// === AES-KWP ===
+
+#[test]
+fn aes_kwp() {
+    let set = load!(keywrap, AesKeyWrapWithPadding);
+    run_family("aes_kwp", &[("aes_kwp", set)], |set, backend, tally| {
+        for group in &set.test_groups {
+            if group.key_size != 256 {
+                tally.skip("not an AES-256 key-encryption key", group.tests.len());
+                continue;
+            }
+            for test in &group.tests {
+                tally.check(test.tc_id, test.result, &test.flags, || {
+                    let kek = AesKey::from_slice(&test.key).expect("a 32-byte key");
+                    if test.result == TestResult::Valid {
+                        match backend.wrap_key(&kek, &test.pt) {
+                            Ok(ours) if ours == test.ct.as_slice() => {}
+                            Ok(_) => return Outcome::Wrong("wrap_key gave another ct".into()),
+                            Err(err) => return rejected("wrap_key", err, false),
+                        }
+                    }
+                    match backend.unwrap_key(&kek, &test.ct) {
+                        Ok(pt) if pt.expose_secret() == test.pt.as_slice() => Outcome::Accepted,
+                        Ok(_) => Outcome::Wrong("unwrap_key gave another key".into()),
+                        Err(err) => {
+                            let documented = err == Error::DecryptFailed;
+                            rejected("unwrap_key", err, documented)
                         }
                     }
                 });
