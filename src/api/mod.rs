@@ -5,6 +5,7 @@
 //! identify the operation → quota → parse → authorize (key policy) → keystore (which audits) →
 //! answer, log line, metrics. Business rules stay in the keystore; this module only translates.
 
+pub mod client;
 mod operations;
 pub mod sigv4;
 pub mod wire;

@@ -26,3 +26,7 @@ mod cli;
 // success survives, and the keystore stays whole.
 #[cfg(unix)]
 mod crash;
+
+// `kagi serve` through kagi's own client: HTTP/2 and HTTP/1.1, SigV4 refusals, protocol errors,
+// metrics, shutdown.
+mod server;
