@@ -126,6 +126,18 @@ pub fn tls_config(
     Ok(config)
 }
 
+async fn tcp_connect(address: &str) -> Result<TcpStream, ClientError> {
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(|e| ClientError(format!("cannot connect to {address}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+fn port_of(address: &str) -> &str {
+    address.rsplit(':').next().unwrap_or("443")
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -144,10 +156,7 @@ impl Client {
         version: HttpVersion,
         credentials: Arc<Credentials>,
     ) -> Result<Self, ClientError> {
-        let tcp = TcpStream::connect(address)
-            .await
-            .map_err(|e| ClientError(format!("cannot connect to {address}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(address).await?;
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|e| ClientError(format!("invalid server name {server_name}: {e}")))?;
         let stream = TlsConnector::from(tls)
@@ -155,12 +164,39 @@ impl Client {
             .await
             .map_err(|e| ClientError(format!("TLS with {address} failed: {e}")))?;
         let negotiated = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        let io = TokioIo::new(stream);
+        if version == HttpVersion::Http2 && negotiated.as_deref() != Some(b"h2") {
+            return Err(ClientError(format!("{address} did not agree to HTTP/2")));
+        }
+        let uri = format!("https://{server_name}:{}/", port_of(address));
+        Self::handshake(TokioIo::new(stream), address, &uri, version, credentials).await
+    }
+
+    /// Connects to `address` over plain HTTP/1.1 (for endpoints without TLS, such as the
+    /// emulators benchmarks compare kagi with).
+    ///
+    /// # Errors
+    /// When the connection fails.
+    pub async fn connect_plain(
+        address: &str,
+        credentials: Arc<Credentials>,
+    ) -> Result<Self, ClientError> {
+        let tcp = tcp_connect(address).await?;
+        let uri = format!("http://{address}/");
+        Self::handshake(TokioIo::new(tcp), address, &uri, HttpVersion::Http1, credentials).await
+    }
+
+    async fn handshake<T>(
+        io: TokioIo<T>,
+        address: &str,
+        uri: &str,
+        version: HttpVersion,
+        credentials: Arc<Credentials>,
+    ) -> Result<Self, ClientError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let sender = match version {
             HttpVersion::Http2 => {
-                if negotiated.as_deref() != Some(b"h2") {
-                    return Err(ClientError(format!("{address} did not agree to HTTP/2")));
-                }
                 let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(|e| ClientError(format!("HTTP/2 with {address} failed: {e}")))?;
@@ -175,10 +211,7 @@ impl Client {
                 Sender::Http1(sender)
             }
         };
-        let uri: Uri =
-            format!("https://{server_name}:{}/", address.rsplit(':').next().unwrap_or("443"))
-                .parse()
-                .map_err(|e| ClientError(format!("invalid endpoint: {e}")))?;
+        let uri: Uri = uri.parse().map_err(|e| ClientError(format!("invalid endpoint: {e}")))?;
         Ok(Self { sender, uri, credentials, clock: unix_now })
     }
 
