@@ -7,13 +7,19 @@
 //!
 //! | sink | what it is for |
 //! |---|---|
-//! | [`JsonLinesSink`] | one JSON line per event in a file, fsynced per event |
+//! | [`FileSink`] | the trail: JSON lines in a hash chain (`chain.rs`), group commit, rotation |
+//! | [`JsonLinesSink`] | the unchained `audit.log` of earlier versions; going away |
 //! | [`NullSink`] | tests and benchmarks that measure the keystore alone |
 //!
 //! The keystore fails an operation whose event cannot be written (fail closed), and for a change
-//! writes the event before committing it.
+//! writes the event before committing it. `verify.rs` checks a trail (`kagi audit verify`) and
+//! reads it back (`kagi audit show`).
 //!
 //! This module does not decide what is audited: the keystore does.
+
+pub mod chain;
+mod file;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +32,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+pub(crate) use file::render_keys_only;
+pub use file::{FileSink, SinkStats};
 
 /// The shape version of [`AuditRecord`]: 1 was the unchained `audit.log` (context keys only);
 /// 2 adds `seq`, `prev` and the context modes.
@@ -148,6 +158,40 @@ impl ContextMode {
     }
 }
 
+/// The audit trail's configuration. Relative paths are taken from the data directory.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AuditConfig {
+    /// The trail's directory. Default `audit` (that is, `DATA_DIR/audit`).
+    pub dir: PathBuf,
+    /// A new file starts once the current one has reached this many bytes (checked before each
+    /// batch, so a file may pass it by one batch). Default 64 MiB.
+    pub max_file_bytes: u64,
+    /// A new file starts with the first record of each UTC day (by event time). Default true.
+    pub rotate_daily: bool,
+    /// What of an encryption context a line carries. Default [`ContextMode::KeysOnly`].
+    pub context_mode: ContextMode,
+    /// The HMAC key of [`ContextMode::Hmac`] (32 bytes, mode 0600, made on first use). Kept
+    /// outside the trail's directory so a copy of the trail does not carry it. Default
+    /// `audit-hmac.key`.
+    pub hmac_key_file: PathBuf,
+    /// How long an operation waits for its line to be durable before it fails with
+    /// KMSInternalException. Default 5 s.
+    pub timeout: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("audit"),
+            max_file_bytes: 64 << 20,
+            rotate_daily: true,
+            context_mode: ContextMode::KeysOnly,
+            hmac_key_file: PathBuf::from("audit-hmac.key"),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
 /// A failure to record an event.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("audit write failed: {0}")]
@@ -258,8 +302,5 @@ fn keys_only_record(event: &AuditEvent) -> AuditRecord {
     }
 }
 
-/// Renders `event` as the default sink writes it (keys only), for tests that look at lines.
 #[cfg(test)]
-pub(crate) fn render_keys_only(event: &AuditEvent) -> String {
-    serde_json::to_string(&keys_only_record(event)).expect("render")
-}
+mod tests;

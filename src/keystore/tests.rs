@@ -2416,6 +2416,91 @@ async fn a_stuck_sink_fails_the_operation_within_its_timeout() {
     assert_eq!(stuck.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
 }
 
+#[tokio::test]
+async fn a_stuck_trail_fails_within_its_timeout_and_its_late_line_is_corrected() {
+    use crate::audit::{AuditConfig, FileSink, verify};
+    let dir = tempfile::tempdir().expect("tempdir");
+    Keystore::init(backend(), dir.path(), &RootKeySource::File).expect("init");
+    let config =
+        AuditConfig { timeout: std::time::Duration::from_secs(2), ..AuditConfig::default() };
+    let sink = Arc::new(FileSink::open(dir.path(), &config, backend()).expect("trail"));
+    let clock = Arc::new(ManualClock::new(T0));
+    let ks = Keystore::open(
+        backend(),
+        dir.path(),
+        &RootKeySource::File,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Partition::default(),
+    )
+    .expect("open");
+    let id = ks.create_key(&ctx(), CreateKeyRequest::default()).await.expect("create").record.id;
+    // The disk hangs: the writer is held before its next batch.
+    let (release, gate) = std::sync::mpsc::channel();
+    *sink.hooks().gate.lock().expect("gate") = Some(gate);
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    let request = OpContext { request_id: "r-stuck".into(), ..ctx() };
+    assert_err(ks.disable_key(&request, &id).await, ErrorKind::Internal);
+    check_waited(start, config.timeout);
+    tokio::time::resume();
+    assert_eq!(ks.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
+    // The disk recovers: the late success line is followed by its correction.
+    release.send(()).expect("release");
+    ks.enable_key(&ctx(), &id).await.expect("audited again");
+    let trail = dir.path().join("audit");
+    verify::verify(&trail).expect("the trail verifies");
+    let stuck: Vec<_> = verify::read_records(&trail)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.request_id == "r-stuck")
+        .map(|r| (r.operation, r.outcome, r.error_code))
+        .collect();
+    assert_eq!(
+        stuck,
+        [
+            ("DisableKey".to_owned(), Outcome::Success, None),
+            ("DisableKey".to_owned(), Outcome::Failure, Some("KMSInternalException".to_owned())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_trail_fails_the_change_and_the_next_one_succeeds() {
+    use crate::audit::{AuditConfig, FileSink, verify};
+    let dir = tempfile::tempdir().expect("tempdir");
+    Keystore::init(backend(), dir.path(), &RootKeySource::File).expect("init");
+    let sink =
+        Arc::new(FileSink::open(dir.path(), &AuditConfig::default(), backend()).expect("trail"));
+    let ks = Keystore::open(
+        backend(),
+        dir.path(),
+        &RootKeySource::File,
+        Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>,
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Partition::default(),
+    )
+    .expect("open");
+    let id = ks.create_key(&ctx(), CreateKeyRequest::default()).await.expect("create").record.id;
+    sink.hooks().fail_sync.store(true, Ordering::SeqCst);
+    assert_err(ks.schedule_key_deletion(&ctx(), &id, Some(7)).await, ErrorKind::Internal);
+    sink.hooks().fail_sync.store(false, Ordering::SeqCst);
+    assert_eq!(ks.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
+    ks.schedule_key_deletion(&ctx(), &id, Some(7)).await.expect("audited this time");
+    let trail = dir.path().join("audit");
+    verify::verify(&trail).expect("the trail verifies");
+    let operations: Vec<_> = verify::read_records(&trail)
+        .expect("records")
+        .into_iter()
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    // The failed batch left nothing; its correction line (queued, not awaited) may precede
+    // the successful attempt.
+    assert_eq!(operations.first(), Some(&("CreateKey".to_owned(), Outcome::Success)));
+    assert_eq!(operations.last(), Some(&("ScheduleKeyDeletion".to_owned(), Outcome::Success)));
+    assert!(operations.len() <= 3, "{operations:?}");
+}
+
 // === bugs shown with a store that pauses at chosen points ===
 
 /// Holds a store call until the test releases it.
