@@ -8,7 +8,6 @@
 //! | sink | what it is for |
 //! |---|---|
 //! | [`FileSink`] | the trail: JSON lines in a hash chain (`chain.rs`), group commit, rotation |
-//! | [`JsonLinesSink`] | the unchained `audit.log` of earlier versions; going away |
 //! | [`NullSink`] | tests and benchmarks that measure the keystore alone |
 //!
 //! The keystore fails an operation whose event cannot be written (fail closed), and for a change
@@ -23,12 +22,9 @@ pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -222,83 +218,6 @@ pub struct NullSink;
 impl AuditSink for NullSink {
     fn record(&self, _: &AuditEvent) -> AuditFuture<'_> {
         Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-/// Appends one JSON line per event (the encryption context's keys only) to a file and syncs it
-/// before the event counts as recorded.
-#[derive(Debug)]
-pub struct JsonLinesSink {
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-impl JsonLinesSink {
-    /// Opens (creating) `path` for appending, mode 0600.
-    ///
-    /// # Errors
-    /// When the file cannot be opened.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let mut options = OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let file = options
-            .open(path)
-            .map_err(|error| AuditError(format!("{}: {error}", path.display())))?;
-        Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
-    }
-
-    fn write(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let mut line = serde_json::to_vec(&keys_only_record(event))
-            .map_err(|error| AuditError(error.to_string()))?;
-        line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .map_err(|error| AuditError(format!("{}: {error}", self.path.display())))
-    }
-}
-
-impl AuditSink for JsonLinesSink {
-    fn record(&self, event: &AuditEvent) -> AuditFuture<'_> {
-        Box::pin(std::future::ready(self.write(event)))
-    }
-}
-
-/// `event` as a record carrying the encryption context's keys only.
-fn keys_only_record(event: &AuditEvent) -> AuditRecord {
-    let AuditEvent {
-        time,
-        request_id,
-        principal,
-        source,
-        operation,
-        key_arn,
-        key_material_id,
-        encryption_context,
-        outcome,
-        error_code,
-    } = event;
-    AuditRecord {
-        v: RECORD_VERSION,
-        time: *time,
-        request_id: request_id.clone(),
-        principal: principal.clone(),
-        source: source.clone(),
-        operation: operation.clone(),
-        key_arn: key_arn.clone(),
-        key_material_id: key_material_id.clone(),
-        encryption_context_keys: encryption_context.keys().cloned().collect(),
-        encryption_context: None,
-        encryption_context_hmac: None,
-        outcome: *outcome,
-        error_code: error_code.map(str::to_owned),
-        seq: None,
-        prev: None,
     }
 }
 

@@ -20,3 +20,7 @@ mod support;
 
 // The `kagi` command line end to end: every command, state transition and refusal.
 mod cli;
+
+// The audit trail through the binary: `kagi audit verify` accepts what operations left and names
+// the line a changed byte broke; rotation across days; `kagi audit show` filters.
+mod audit;
