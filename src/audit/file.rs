@@ -12,6 +12,8 @@
 //! last line, so a directory is one chain. The head (`head.json`) is rewritten in place after
 //! every batch, without its own sync: after a crash it may lag the log, never lead it.
 //!
+//! One process writes a trail at a time (an exclusive lock on `head.json`, held by the writer).
+//!
 //! The sink itself never times out: the keystore bounds its wait with [`AuditSink::timeout`].
 //! A line queued before the wait gave up may still be written later.
 
@@ -41,6 +43,8 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// old tail behind.
 const HEAD_LEN: usize = 256;
 const HMAC_KEY_LEN: usize = 32;
+/// How long opening a trail waits for another process to release it.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The trail writer. See the module documentation.
 #[derive(Debug)]
@@ -282,6 +286,14 @@ impl Writer {
         rotate_daily: bool,
         stats: Arc<Stats>,
     ) -> Result<Self, AuditError> {
+        // One writer per trail, or two processes would each continue the chain from the same
+        // head and fork it: the head file is locked for the writer's life.
+        let head_path = dir.join(HEAD_FILE);
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        set_private_mode(&mut options);
+        let head_file = options.open(&head_path).map_err(|e| io_error(&head_path, &e))?;
+        lock_trail(&head_file, &head_path)?;
         let files = trail_files(dir).map_err(|e| io_error(dir, &e))?;
         let mut head = ChainHead::genesis();
         let mut current = None;
@@ -325,7 +337,6 @@ impl Writer {
                 break;
             }
         }
-        let head_path = dir.join(HEAD_FILE);
         if let Some(persisted) = read_head(&head_path) {
             let behind = persisted.seq > head.seq;
             let differs = persisted.seq == head.seq && persisted.hash != head.hash;
@@ -341,10 +352,6 @@ impl Writer {
                 )));
             }
         }
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        set_private_mode(&mut options);
-        let head_file = options.open(&head_path).map_err(|e| io_error(&head_path, &e))?;
         Ok(Self {
             dir: dir.to_owned(),
             max_file_bytes,
@@ -492,6 +499,27 @@ impl Writer {
         text.resize(HEAD_LEN - 1, b' ');
         text.push(b'\n');
         let _ = file.seek(SeekFrom::Start(0)).and_then(|_| file.write_all(&text));
+    }
+}
+
+/// Takes the exclusive lock of a trail, waiting up to [`LOCK_WAIT`] for another process (a
+/// concurrent `kagi` command) to finish with it.
+fn lock_trail(head_file: &File, head_path: &Path) -> Result<(), AuditError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match head_file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(AuditError(format!(
+                    "{}: the audit trail is in use by another kagi process",
+                    head_path.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(error)) => return Err(io_error(head_path, &error)),
+        }
     }
 }
 

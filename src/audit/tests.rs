@@ -301,6 +301,23 @@ async fn rotation_by_day_and_across_restarts() {
 }
 
 #[tokio::test]
+async fn one_process_writes_a_trail_at_a_time() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = open(data.path(), &AuditConfig::default());
+    write(&first, 1, 1, T0).await;
+    // A second writer would fork the chain: it waits for the lock, then gives up.
+    let started = std::time::Instant::now();
+    let second = FileSink::open(data.path(), &AuditConfig::default(), backend());
+    assert!(second.is_err());
+    assert!(started.elapsed() >= Duration::from_secs(4), "it waited");
+    // Once the first is gone, the trail opens and continues.
+    drop(first);
+    let second = open(data.path(), &AuditConfig::default());
+    write(&second, 2, 1, T0).await;
+    assert_eq!(verify::verify(&trail_dir(data.path())).expect("verifies").records, 2);
+}
+
+#[tokio::test]
 async fn open_refuses_a_trail_shorter_than_its_head() {
     let (data, file) = six_records().await;
     let mut lines = lines(&file);
