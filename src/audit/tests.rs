@@ -203,6 +203,17 @@ async fn an_inserted_line_is_named() {
     lines.insert(2, serde_json::to_string(&forged).expect("json"));
     write_lines(&file, &lines);
     check_tamper(&trail_dir(data.path()), &file, 3, TamperKind::Inserted);
+    // A forged line numbered as the next record but linked to nothing.
+    let (data, file) = six_records().await;
+    let mut lines = lines_of(&file);
+    let mut forged: AuditRecord = serde_json::from_str(&lines[2]).expect("record");
+    forged.principal = "mallory".into();
+    lines.insert(2, serde_json::to_string(&forged).expect("json").replace("r3", "r9"));
+    let mut forged: AuditRecord = serde_json::from_str(&lines[2]).expect("record");
+    forged.prev = Some(GENESIS.into());
+    lines[2] = serde_json::to_string(&forged).expect("json");
+    write_lines(&file, &lines);
+    check_tamper(&trail_dir(data.path()), &file, 3, TamperKind::Inserted);
     // Something that is not a record.
     let (data, file) = six_records().await;
     let mut lines = lines_of(&file);

@@ -391,6 +391,12 @@ impl Checker {
                 let expected = last.seq + 1;
                 let linked = link.prev == last.hash;
                 if link.seq == expected && !linked {
+                    if continues_from(&next_link, expected, &last.hash) {
+                        return Err(here(
+                            TamperKind::Inserted,
+                            format!("the next line is the true record {expected}"),
+                        ));
+                    }
                     if confirmed {
                         return Err(tamper(
                             last.file,
