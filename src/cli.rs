@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 mod serve;
 
-use crate::audit::JsonLinesSink;
+use crate::audit::verify::{Filter, VerifyError};
+use crate::audit::{AuditConfig, FileSink, chain};
 use crate::crypto::{BackendKind, KeyPairSpec, MacAlgorithm, SigningAlgorithm};
 use crate::error::{Error, exit_code};
 use crate::keystore::clock::{Clock, ManualClock, SystemClock};
@@ -94,6 +95,42 @@ pub enum Command {
     DeriveSharedSecret(DeriveSharedSecretArgs),
     /// Serves the AWS-KMS-compatible API (and later the proxy) from a TOML configuration.
     Serve(serve::ServeArgs),
+    /// Reads the audit trail: checks its hash chain, shows its records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `kagi audit …`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Checks the hash chain of a trail file, or of a directory of rotated files (default
+    /// DATA_DIR/audit); exits 5 naming the first altered, removed, inserted or reordered line.
+    Verify {
+        /// A trail file or directory.
+        path: Option<PathBuf>,
+    },
+    /// Prints the records matching every filter given.
+    Show {
+        /// A trail file or directory (default DATA_DIR/audit).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Only this key (key id or key ARN).
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this operation (Encrypt, CreateKey, RotateKey, …).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only records at or after this time: epoch seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ (UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records at or before this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 /// `kagi keys …`.
@@ -530,13 +567,16 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             return Ok(());
         }
         Command::Demo => return demo(backend).await,
+        Command::Audit(command) => {
+            return audit_command(&args.data_dir, args.output, command.clone());
+        }
         _ => {}
     }
     let keystore = open(backend, &args.data_dir, &root_source)?;
     let ctx = cli_context(&keystore)?;
     let out = Printer { output: args.output };
     match args.command {
-        Command::Init | Command::Demo | Command::Serve(_) => Ok(()),
+        Command::Init | Command::Demo | Command::Audit(_) | Command::Serve(_) => Ok(()),
         Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,
         Command::Aliases(command) => aliases(&keystore, &ctx, &out, command).await,
         Command::Encrypt(a) => {
@@ -918,9 +958,10 @@ async fn demo_in(
     Keystore::init(backend, dir, &RootKeySource::File).map_err(keystore_error)?;
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let audit = Arc::new(
-        JsonLinesSink::open(&dir.join("audit.log"))
+        FileSink::open(dir, &AuditConfig::default(), backend)
             .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
     );
+    let trail_dir = audit.dir().to_owned();
     let keystore = Keystore::open(
         backend,
         dir,
@@ -1055,13 +1096,18 @@ async fn demo_in(
         gone.err().map_or("unexpectedly succeeded".into(), |e| e.to_string())
     );
 
-    println!("\nThe audit trail has one line per operation: {}", dir.join("audit.log").display());
-    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
+    step("The audit trail: one hash-chained line per operation");
+    let verified = crate::audit::verify::verify(&trail_dir).map_err(audit_error)?;
     println!(
-        "{} audit lines; the last: {}",
-        audit.lines().count(),
-        audit.lines().last().unwrap_or("")
+        "{}: {} lines verified, chain head {}",
+        trail_dir.display(),
+        verified.records,
+        verified.head.hash
     );
+    let records = crate::audit::verify::read_records(&trail_dir).map_err(audit_error)?;
+    if let Some(last) = records.last() {
+        println!("the last: {}", serde_json::to_string(last).unwrap_or_default());
+    }
     Ok(())
 }
 
@@ -1208,14 +1254,105 @@ fn keystore_with_partition(
             ),
         ));
     }
-    // Checked before the audit log is opened, so a directory without a keystore gets no
-    // audit.log created in it.
+    // Checked before the audit trail is opened, so a directory without a keystore gets no
+    // trail created in it.
     let audit = Arc::new(
-        JsonLinesSink::open(&data_dir.join("audit.log"))
+        FileSink::open(data_dir, &AuditConfig::default(), backend)
             .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
     );
     Keystore::open(backend, data_dir, root_source, clock, audit, partition)
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
+}
+
+/// `kagi audit …`: reads the trail files only, never the keystore.
+fn audit_command(data_dir: &Path, output: Output, command: AuditCommand) -> Result<(), Error> {
+    let out = Printer { output };
+    let default_dir = || data_dir.join(AuditConfig::default().dir);
+    match command {
+        AuditCommand::Verify { path } => {
+            let path = path.unwrap_or_else(default_dir);
+            let verified = crate::audit::verify::verify(&path).map_err(audit_error)?;
+            match output {
+                Output::Json => out.document(&json!({
+                    "Records": verified.records,
+                    "Files": verified.files,
+                    "FirstRecord": verified.first_seq,
+                    "Head": {
+                        "Seq": verified.head.seq,
+                        "Hash": verified.head.hash,
+                        "File": verified.head.file,
+                    },
+                    "Notes": verified.notes,
+                })),
+                Output::Table => {
+                    println!(
+                        "verified {} records in {} files: chain head record {} {} ({})",
+                        verified.records,
+                        verified.files,
+                        verified.head.seq,
+                        verified.head.hash,
+                        verified.head.file
+                    );
+                    for note in &verified.notes {
+                        println!("note: {note}");
+                    }
+                }
+            }
+        }
+        AuditCommand::Show { path, key, principal, operation, since, until } => {
+            let time = |text: Option<String>| {
+                text.map(|t| {
+                    chain::parse_time(&t).ok_or_else(|| {
+                        invalid(format!("{t:?} is not epoch seconds or YYYY-MM-DD[THH:MM:SSZ]"))
+                    })
+                })
+                .transpose()
+            };
+            let filter =
+                Filter { key, principal, operation, since: time(since)?, until: time(until)? };
+            let path = path.unwrap_or_else(default_dir);
+            let records = crate::audit::verify::read_records(&path).map_err(audit_error)?;
+            let matching = records.iter().filter(|record| filter.matches(record));
+            match output {
+                Output::Json => {
+                    let rows: Vec<&crate::audit::AuditRecord> = matching.collect();
+                    out.document(&json!({ "Records": rows }));
+                }
+                Output::Table => {
+                    println!(
+                        "{:<20}  {:<24}  {:<7}  {:<20}  KEY",
+                        "TIME", "OPERATION", "OUTCOME", "PRINCIPAL"
+                    );
+                    for record in matching {
+                        let outcome = match (&record.error_code, record.outcome) {
+                            (Some(code), _) => code.as_str(),
+                            (None, crate::audit::Outcome::Success) => "success",
+                            (None, crate::audit::Outcome::Failure) => "failure",
+                        };
+                        println!(
+                            "{:<20}  {:<24}  {:<7}  {:<20}  {}",
+                            chain::format_utc(record.time),
+                            record.operation,
+                            outcome,
+                            record.principal,
+                            record.key_arn.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A trail that does not verify is a rejection (exit 5), like a signature that does not.
+fn audit_error(error: VerifyError) -> Error {
+    match error {
+        VerifyError::Tampered(tamper) => {
+            Error::new(exit_code::REJECTED, format!("the audit trail does not verify: {tamper}"))
+        }
+        VerifyError::Unreadable { .. } => Error::new(exit_code::INVALID, error.to_string()),
+    }
 }
 
 fn cli_context(keystore: &Keystore) -> Result<OpContext, Error> {

@@ -257,7 +257,7 @@ impl Api {
                 "You have exceeded the rate at which you may call KMS. Reduce the frequency of \
                  your calls.",
             );
-            self.keystore.audit_refusal(&call.ctx, operation.name, None, &error)?;
+            self.keystore.audit_refusal(&call.ctx, operation.name, None, &error).await?;
             return Err(error.into());
         }
         let input = wire::Input::parse(body)?;
@@ -311,12 +311,9 @@ impl Api {
                         call.principal_arn, target.arn
                     ),
                 );
-                self.keystore.audit_refusal(
-                    &call.ctx,
-                    call.operation,
-                    Some(&target.arn),
-                    &error,
-                )?;
+                self.keystore
+                    .audit_refusal(&call.ctx, call.operation, Some(&target.arn), &error)
+                    .await?;
                 Err(error.into())
             }
         }
@@ -324,7 +321,11 @@ impl Api {
 
     /// Authorizes an account-level action (CreateKey, ListKeys, ListAliases, GenerateRandom):
     /// in AWS an IAM policy decides; in kagi, administrators may, others may not.
-    pub(crate) fn authorize_account(&self, call: &Call<'_>, action: &str) -> Result<(), ApiError> {
+    pub(crate) async fn authorize_account(
+        &self,
+        call: &Call<'_>,
+        action: &str,
+    ) -> Result<(), ApiError> {
         if call.principal.administrator
             || call
                 .principal
@@ -342,7 +343,7 @@ impl Api {
                 call.principal_arn
             ),
         );
-        self.keystore.audit_refusal(&call.ctx, call.operation, None, &error)?;
+        self.keystore.audit_refusal(&call.ctx, call.operation, None, &error).await?;
         Err(error.into())
     }
 

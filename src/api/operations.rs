@@ -230,7 +230,7 @@ impl Api {
     }
 
     async fn create_key(&self, call: &mut Call<'_>, input: Input) -> Result<Value, ApiError> {
-        self.authorize_account(call, "kms:CreateKey")?;
+        self.authorize_account(call, "kms:CreateKey").await?;
         let spec_name = input
             .opt_str("KeySpec")?
             .or(input.opt_str("CustomerMasterKeySpec")?)
@@ -345,7 +345,7 @@ impl Api {
     }
 
     async fn list_keys(&self, call: &mut Call<'_>, input: Input) -> Result<Value, ApiError> {
-        self.authorize_account(call, "kms:ListKeys")?;
+        self.authorize_account(call, "kms:ListKeys").await?;
         let (limit, marker) = limit_and_marker(&input, 1000)?;
         let keys = self.keystore.list_keys(&call.ctx, limit, marker).await?;
         Ok(page(keys, "Keys", |(id, arn)| json!({"KeyId": id, "KeyArn": arn})))
@@ -435,7 +435,7 @@ impl Api {
             Some(key_ref) => {
                 self.authorize(call, "kms:ListAliases", key_ref, None).await?;
             }
-            None => self.authorize_account(call, "kms:ListAliases")?,
+            None => self.authorize_account(call, "kms:ListAliases").await?,
         }
         let (limit, marker) = limit_and_marker(&input, 100)?;
         let aliases = self.keystore.list_aliases(&call.ctx, key_ref, limit, marker).await?;
@@ -957,7 +957,7 @@ impl Api {
         let bytes = input
             .opt_u32("NumberOfBytes", 1, 1024)?
             .ok_or_else(|| ApiError::validation("NumberOfBytes is required"))?;
-        self.authorize_account(call, "kms:GenerateRandom")?;
+        self.authorize_account(call, "kms:GenerateRandom").await?;
         let random = self.keystore.generate_random(&call.ctx, bytes).await?;
         Ok(json!({ "Plaintext": b64(random.expose_secret()) }))
     }

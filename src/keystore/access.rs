@@ -56,14 +56,14 @@ impl Keystore {
         key_ref: &str,
         policy: &str,
     ) -> Result<(), Error> {
+        let trail = self.trail(ctx, "PutKeyPolicy");
         let outcome = self
-            .update(key_ref, false, OperationClass::Manage, |key, _| {
+            .update(&trail, key_ref, false, OperationClass::Manage, |key, _| {
                 policy.clone_into(&mut key.policy);
                 Ok(Vec::new())
             })
             .await;
-        self.audit_key(ctx, "PutKeyPolicy", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// Records an operation that was refused before it reached the keystore (access denied,
@@ -71,13 +71,13 @@ impl Keystore {
     ///
     /// # Errors
     /// KMSInternalException when the record cannot be written.
-    pub fn audit_refusal(
+    pub async fn audit_refusal(
         &self,
         ctx: &OpContext,
         operation: &str,
         key_arn: Option<&str>,
         error: &Error,
     ) -> Result<(), Error> {
-        self.audit::<()>(ctx, operation, key_arn, None, &[], &Err(error.clone()))
+        self.trail(ctx, operation).refused(key_arn, error).await
     }
 }

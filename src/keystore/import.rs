@@ -16,6 +16,7 @@
 use super::error::{Error, ErrorKind};
 use super::key::{ImportTokenRecord, KeyState, Origin, UnixSeconds, VersionState};
 use super::lifecycle::OperationClass;
+use super::trail::Trail;
 use super::{KeySpec, Keystore, OpContext, material_from_bytes, rotation};
 use crate::crypto::{self, AesKey, KeyPairSpec, OaepHash, PrivateKey, SecretBytes};
 
@@ -149,6 +150,7 @@ impl Keystore {
         algorithm: WrappingAlgorithm,
         wrapping_spec: KeyPairSpec,
     ) -> Result<ImportParameters, Error> {
+        let trail = self.trail(ctx, "GetParametersForImport");
         let outcome = async {
             if !wrapping_spec.is_rsa() {
                 return Err(Error::validation(
@@ -171,14 +173,17 @@ impl Keystore {
                 wrapping_key.expose_secret(),
             )?;
             let valid_to = self.now() + IMPORT_TOKEN_TTL;
-            self.store()
-                .insert_import_token(ImportTokenRecord {
-                    token_id: token_id.clone(),
-                    key_id: key.record.id.clone(),
-                    wrapping_algorithm: algorithm.kms_name().to_owned(),
-                    wrapping_spec: wrapping_spec.kms_name().to_owned(),
-                    sealed_wrapping_key: sealed,
-                    expires: valid_to,
+            let token = ImportTokenRecord {
+                token_id: token_id.clone(),
+                key_id: key.record.id.clone(),
+                wrapping_algorithm: algorithm.kms_name().to_owned(),
+                wrapping_spec: wrapping_spec.kms_name().to_owned(),
+                sealed_wrapping_key: sealed,
+                expires: valid_to,
+            };
+            trail
+                .commit(&key.arn, None, || async {
+                    Ok(self.store().insert_import_token(token).await?)
                 })
                 .await?;
             Ok(ImportParameters {
@@ -190,8 +195,7 @@ impl Keystore {
             })
         }
         .await;
-        self.audit_key(ctx, "GetParametersForImport", &outcome, |p| &p.key_arn)?;
-        outcome
+        trail.finish_key(outcome, |p| &p.key_arn).await
     }
 
     /// ImportKeyMaterial.
@@ -206,20 +210,14 @@ impl Keystore {
         key_ref: &str,
         request: ImportRequest<'_>,
     ) -> Result<(String, String), Error> {
-        let outcome = self.import_inner(key_ref, request).await;
-        self.audit(
-            ctx,
-            "ImportKeyMaterial",
-            outcome.as_ref().ok().map(|(arn, _)| arn.as_str()),
-            outcome.as_ref().ok().map(|(_, id)| id.as_str()),
-            &[],
-            &outcome,
-        )?;
-        outcome
+        let trail = self.trail(ctx, "ImportKeyMaterial");
+        let outcome = self.import_inner(&trail, key_ref, request).await;
+        trail.finish(outcome, |(arn, id)| (Some(arn), Some(id)), None).await
     }
 
     async fn import_inner(
         &self,
+        trail: &Trail<'_>,
         key_ref: &str,
         request: ImportRequest<'_>,
     ) -> Result<(String, String), Error> {
@@ -280,7 +278,7 @@ impl Keystore {
         let fingerprint = self.root().fingerprint(self.backend(), material.expose_secret())?;
         let arn = key.arn.clone();
         let mut material_id = String::new();
-        self.update(&key.record.id, false, OperationClass::Import, |record, loaded| {
+        self.update(trail, &key.record.id, false, OperationClass::Import, |record, loaded| {
             let existing = loaded.versions.get(&record.current_version);
             match import_type {
                 ImportType::ExistingKeyMaterial => {
@@ -341,8 +339,9 @@ impl Keystore {
         ctx: &OpContext,
         key_ref: &str,
     ) -> Result<String, Error> {
+        let trail = self.trail(ctx, "DeleteImportedKeyMaterial");
         let outcome = self
-            .update(key_ref, false, OperationClass::Import, |record, loaded| {
+            .update(&trail, key_ref, false, OperationClass::Import, |record, loaded| {
                 external_only(record.origin, &loaded.arn)?;
                 if record.state != KeyState::PendingDeletion {
                     record.state = KeyState::PendingImport;
@@ -351,8 +350,7 @@ impl Keystore {
                 Ok(rotation::destroy_all(loaded))
             })
             .await;
-        self.audit_key(ctx, "DeleteImportedKeyMaterial", &outcome, |arn| arn)?;
-        outcome
+        trail.finish_key(outcome, |arn| arn).await
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! It does no HTTP, TLS or config-file work; `store` is its only I/O.
 //! Every operation takes an [`OpContext`] and goes: resolve key → check state and usage → act
-//! → audit. An operation whose audit event cannot be written fails.
+//! → audit; a change is audited before it is committed (`trail.rs`). An operation whose audit
+//! event cannot be written fails and changes nothing.
 //!
 //! # Choosing an operation family
 //!
@@ -31,6 +32,7 @@ pub mod operations;
 mod root;
 pub mod rotation;
 pub mod store;
+mod trail;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -49,12 +51,13 @@ pub use operations::{
 pub use root::{RootKey, RootKeySource};
 pub use rotation::{RotationEntry, RotationStatus, SweepReport};
 
-use crate::audit::{AuditEvent, AuditSink};
+use crate::audit::AuditSink;
 use crate::crypto::{AesKey, CryptoBackend, PrivateKey, PublicKey, SecretBytes};
 use clock::Clock;
 use key::{AliasRecord, KeyRecord, RotationSchedule, VersionRecord, VersionState};
 use lifecycle::OperationClass;
 use store::{AliasWrite, KeyUpdate, Store};
+use trail::Trail;
 
 /// Largest description, in characters.
 pub const MAX_DESCRIPTION: usize = 8192;
@@ -311,23 +314,27 @@ impl Keystore {
         ctx: &OpContext,
         request: CreateKeyRequest,
     ) -> Result<KeyMetadata, Error> {
-        let outcome = self.create_key_inner(ctx, request).await;
-        self.audit(
-            ctx,
-            "CreateKey",
-            outcome.as_ref().ok().map(|m| m.arn.as_str()),
-            None,
-            &[],
-            &outcome,
-        )?;
-        outcome
+        let trail = self.trail(ctx, "CreateKey");
+        let outcome = async {
+            let (record, versions) = self.new_key(ctx, request)?;
+            let metadata = self.metadata_of(&record, &versions);
+            trail
+                .commit(&metadata.arn, metadata.current_material_id.as_deref(), || async {
+                    Ok(self.store.insert_key(record, versions).await?)
+                })
+                .await?;
+            Ok(metadata)
+        }
+        .await;
+        trail.finish_key(outcome, |m| &m.arn).await
     }
 
-    async fn create_key_inner(
+    /// The record and first versions of a new key.
+    fn new_key(
         &self,
         ctx: &OpContext,
         request: CreateKeyRequest,
-    ) -> Result<KeyMetadata, Error> {
+    ) -> Result<(KeyRecord, Vec<VersionRecord>), Error> {
         let CreateKeyRequest { spec, usage, origin, description, tags, policy } = request;
         let usage = usage.unwrap_or(spec.usages()[0]);
         if !spec.usages().contains(&usage) {
@@ -375,8 +382,7 @@ impl Keystore {
             record.state = KeyState::Enabled;
             record.current_version = 1;
         }
-        self.store.insert_key(record.clone(), versions).await?;
-        self.metadata(&record).await
+        Ok((record, versions))
     }
 
     /// DescribeKey (any key reference form; every state but deleted).
@@ -390,8 +396,7 @@ impl Keystore {
             self.metadata(&key.record).await
         }
         .await;
-        self.audit_key(ctx, "DescribeKey", &outcome, |m| &m.arn)?;
-        outcome
+        self.trail(ctx, "DescribeKey").finish_key(outcome, |m| &m.arn).await
     }
 
     /// ListKeys: every key not yet deleted, by id, paginated.
@@ -417,8 +422,7 @@ impl Keystore {
             paginate(entries, limit, marker, 1000, 100)
         }
         .await;
-        self.audit(ctx, "ListKeys", None, None, &[], &outcome)?;
-        outcome
+        self.trail(ctx, "ListKeys").finish(outcome, |_| (None, None), None).await
     }
 
     /// EnableKey.
@@ -438,15 +442,14 @@ impl Keystore {
     }
 
     async fn set_enabled(&self, ctx: &OpContext, key_ref: &str, enable: bool) -> Result<(), Error> {
-        let operation = if enable { "EnableKey" } else { "DisableKey" };
+        let trail = self.trail(ctx, if enable { "EnableKey" } else { "DisableKey" });
         let outcome = self
-            .update(key_ref, false, OperationClass::EnableDisable, |key, _| {
+            .update(&trail, key_ref, false, OperationClass::EnableDisable, |key, _| {
                 key.state = if enable { KeyState::Enabled } else { KeyState::Disabled };
                 Ok(Vec::new())
             })
             .await;
-        self.audit_key(ctx, operation, &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// UpdateKeyDescription.
@@ -459,17 +462,17 @@ impl Keystore {
         key_ref: &str,
         description: &str,
     ) -> Result<(), Error> {
+        let trail = self.trail(ctx, "UpdateKeyDescription");
         let outcome = async {
             check_description(description)?;
-            self.update(key_ref, false, OperationClass::Manage, |key, _| {
+            self.update(&trail, key_ref, false, OperationClass::Manage, |key, _| {
                 key.description = description.to_owned();
                 Ok(Vec::new())
             })
             .await
         }
         .await;
-        self.audit_key(ctx, "UpdateKeyDescription", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// ScheduleKeyDeletion: the key becomes PendingDeletion for 7–30 days (default 30).
@@ -484,6 +487,7 @@ impl Keystore {
         pending_window_days: Option<u32>,
     ) -> Result<DeletionSchedule, Error> {
         let (min, max, default) = PENDING_WINDOW_DAYS;
+        let trail = self.trail(ctx, "ScheduleKeyDeletion");
         let outcome = async {
             let days = pending_window_days.unwrap_or(default);
             if !(min..=max).contains(&days) {
@@ -493,7 +497,7 @@ impl Keystore {
             }
             let now = self.now();
             let arn = self
-                .update(key_ref, false, OperationClass::ScheduleDeletion, |key, _| {
+                .update(&trail, key_ref, false, OperationClass::ScheduleDeletion, |key, _| {
                     key.state = KeyState::PendingDeletion;
                     key.deletion_date = Some(now + i64::from(days) * DAY);
                     key.pending_window_days = Some(days);
@@ -507,8 +511,7 @@ impl Keystore {
             })
         }
         .await;
-        self.audit_key(ctx, "ScheduleKeyDeletion", &outcome, |s| &s.key_arn)?;
-        outcome
+        trail.finish_key(outcome, |s| &s.key_arn).await
     }
 
     /// CancelKeyDeletion: the key returns to Disabled.
@@ -520,16 +523,16 @@ impl Keystore {
         ctx: &OpContext,
         key_ref: &str,
     ) -> Result<String, Error> {
+        let trail = self.trail(ctx, "CancelKeyDeletion");
         let outcome = self
-            .update(key_ref, false, OperationClass::CancelDeletion, |key, _| {
+            .update(&trail, key_ref, false, OperationClass::CancelDeletion, |key, _| {
                 key.state = lifecycle::AFTER_CANCEL;
                 key.deletion_date = None;
                 key.pending_window_days = None;
                 Ok(Vec::new())
             })
             .await;
-        self.audit_key(ctx, "CancelKeyDeletion", &outcome, |arn| arn)?;
-        outcome
+        trail.finish_key(outcome, |arn| arn).await
     }
 
     // === aliases ===
@@ -545,10 +548,21 @@ impl Keystore {
         name: &str,
         target: &str,
     ) -> Result<(), Error> {
+        let trail = self.trail(ctx, "CreateAlias");
         let outcome = async {
             check_alias_name(name)?;
             let key = self.resolve(target, false).await?;
             lifecycle::check(OperationClass::Manage, &key.record, &key.arn)?;
+            let already_exists = || {
+                Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("An alias with the name {} already exists", self.alias_arn(name)),
+                )
+            };
+            // Checked before the audit line too, so a taken name is one failure line.
+            if self.store.alias(name).await?.is_some() {
+                return Err(already_exists());
+            }
             let count =
                 self.store.aliases().await?.iter().filter(|a| a.key_id == key.record.id).count();
             if count >= MAX_ALIASES_PER_KEY {
@@ -564,18 +578,20 @@ impl Keystore {
                 created: now,
                 updated: now,
             };
-            self.store.put_alias(alias, AliasWrite::Create).await.map_err(|error| match error {
-                store::StoreError::AlreadyExists(_) => Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!("An alias with the name {} already exists", self.alias_arn(name)),
-                ),
-                other => other.into(),
-            })?;
+            trail
+                .commit(&key.arn, None, || async {
+                    self.store.put_alias(alias, AliasWrite::Create).await.map_err(|error| {
+                        match error {
+                            store::StoreError::AlreadyExists(_) => already_exists(),
+                            other => other.into(),
+                        }
+                    })
+                })
+                .await?;
             Ok(key.arn.clone())
         }
         .await;
-        self.audit_key(ctx, "CreateAlias", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// UpdateAlias: points an existing alias at another key of the same type and usage.
@@ -589,6 +605,7 @@ impl Keystore {
         name: &str,
         target: &str,
     ) -> Result<(), Error> {
+        let trail = self.trail(ctx, "UpdateAlias");
         let outcome = async {
             check_alias_name(name)?;
             let alias = self
@@ -610,12 +627,15 @@ impl Keystore {
             }
             let updated =
                 AliasRecord { key_id: key.record.id.clone(), updated: self.now(), ..alias };
-            self.store.put_alias(updated, AliasWrite::Update).await?;
+            trail
+                .commit(&key.arn, None, || async {
+                    Ok(self.store.put_alias(updated, AliasWrite::Update).await?)
+                })
+                .await?;
             Ok(key.arn.clone())
         }
         .await;
-        self.audit_key(ctx, "UpdateAlias", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// DeleteAlias (allowed whatever the key's state).
@@ -623,6 +643,7 @@ impl Keystore {
     /// # Errors
     /// NotFoundException for an unknown alias.
     pub async fn delete_alias(&self, ctx: &OpContext, name: &str) -> Result<(), Error> {
+        let trail = self.trail(ctx, "DeleteAlias");
         let outcome = async {
             check_alias_name(name)?;
             let alias = self
@@ -630,12 +651,12 @@ impl Keystore {
                 .alias(name)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("Alias {}", self.alias_arn(name))))?;
-            self.store.delete_alias(name).await?;
-            Ok(self.key_arn(&alias.key_id))
+            let arn = self.key_arn(&alias.key_id);
+            trail.commit(&arn, None, || async { Ok(self.store.delete_alias(name).await?) }).await?;
+            Ok(arn)
         }
         .await;
-        self.audit_key(ctx, "DeleteAlias", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// ListAliases, all or those of one key, paginated by name.
@@ -674,8 +695,7 @@ impl Keystore {
             paginate(entries, limit, marker, 100, 50)
         }
         .await;
-        self.audit(ctx, "ListAliases", None, None, &[], &outcome)?;
-        outcome
+        self.trail(ctx, "ListAliases").finish(outcome, |_| (None, None), None).await
     }
 
     // === tags ===
@@ -691,9 +711,10 @@ impl Keystore {
         key_ref: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), Error> {
+        let trail = self.trail(ctx, "TagResource");
         let outcome = async {
             check_tags(tags)?;
-            self.update(key_ref, false, OperationClass::Manage, |key, _| {
+            self.update(&trail, key_ref, false, OperationClass::Manage, |key, _| {
                 key.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
                 check_tags(&key.tags)?;
                 Ok(Vec::new())
@@ -701,8 +722,7 @@ impl Keystore {
             .await
         }
         .await;
-        self.audit_key(ctx, "TagResource", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// UntagResource.
@@ -715,16 +735,16 @@ impl Keystore {
         key_ref: &str,
         tag_keys: &[String],
     ) -> Result<(), Error> {
+        let trail = self.trail(ctx, "UntagResource");
         let outcome = self
-            .update(key_ref, false, OperationClass::Manage, |key, _| {
+            .update(&trail, key_ref, false, OperationClass::Manage, |key, _| {
                 for tag_key in tag_keys {
                     key.tags.remove(tag_key);
                 }
                 Ok(Vec::new())
             })
             .await;
-        self.audit_key(ctx, "UntagResource", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// ListResourceTags.
@@ -746,8 +766,7 @@ impl Keystore {
             paginate(entries, limit, marker, 50, 50)
         }
         .await;
-        self.audit(ctx, "ListResourceTags", None, None, &[], &outcome)?;
-        outcome
+        self.trail(ctx, "ListResourceTags").finish(outcome, |_| (None, None), None).await
     }
 
     /// The key policy document.
@@ -874,8 +893,14 @@ impl Keystore {
     /// Applies `change` to a key under compare-and-swap, retrying on a concurrent change.
     /// `change` gets the record (with `revision` already bumped) and the loaded key, and returns
     /// the versions to write. Returns the key ARN.
+    ///
+    /// The change is audited on `trail` before each commit attempt, and nothing is committed
+    /// if that line cannot be written; an attempt that fails to commit (a concurrent change
+    /// included) gets its failure line. Errors before the commit (state, `change`) are left to
+    /// the caller's [`Trail::finish`].
     pub(crate) async fn update<F>(
         &self,
+        trail: &Trail<'_>,
         key_ref: &str,
         allow_alias: bool,
         class: OperationClass,
@@ -895,18 +920,26 @@ impl Keystore {
             record.revision += 1;
             let put_versions = change(&mut record, &loaded)?;
             let delete_aliases = record.state == KeyState::Deleted;
+            let material_id = changed_material_id(&put_versions).map(str::to_owned);
             let update = KeyUpdate {
                 key: record,
                 expected_revision: loaded.record.revision,
                 put_versions,
                 delete_aliases,
             };
+            trail.before_commit(&loaded.arn, material_id.as_deref()).await?;
             let result = self.store.update_key(update).await;
             self.invalidate(&key_id);
-            match result {
+            let error = match result {
                 Ok(()) => return Ok(loaded.arn.clone()),
-                Err(store::StoreError::Conflict) => continue,
-                Err(other) => return Err(other.into()),
+                Err(store::StoreError::Conflict) => {
+                    Error::new(ErrorKind::Conflict, "a concurrent change committed first; retrying")
+                }
+                Err(other) => other.into(),
+            };
+            trail.commit_failed(&loaded.arn, &error).await;
+            if error.kind() != ErrorKind::Conflict {
+                return Err(error);
             }
         }
         Err(Error::new(ErrorKind::Conflict, "the key is being changed concurrently; retry"))
@@ -914,14 +947,18 @@ impl Keystore {
 
     pub(crate) async fn metadata(&self, record: &KeyRecord) -> Result<KeyMetadata, Error> {
         let versions = self.store.versions(&record.id).await?;
+        Ok(self.metadata_of(record, &versions))
+    }
+
+    fn metadata_of(&self, record: &KeyRecord, versions: &[VersionRecord]) -> KeyMetadata {
         let current = versions.iter().find(|v| v.version == record.current_version);
-        Ok(KeyMetadata {
+        KeyMetadata {
             record: record.clone(),
             arn: self.key_arn(&record.id),
             account: self.partition.account.clone(),
             current_material_id: current.map(|v| v.material_id.clone()),
             valid_to: current.and_then(|v| v.valid_to),
-        })
+        }
     }
 
     pub(crate) fn new_uuid(&self) -> Result<String, Error> {
@@ -1003,43 +1040,15 @@ impl Keystore {
     pub(crate) fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }
+}
 
-    /// Writes the audit event of an operation; a failure to write fails the operation.
-    pub(crate) fn audit<T>(
-        &self,
-        ctx: &OpContext,
-        operation: &str,
-        key_arn: Option<&str>,
-        key_material_id: Option<&str>,
-        context_keys: &[String],
-        outcome: &Result<T, Error>,
-    ) -> Result<(), Error> {
-        let event = AuditEvent {
-            v: 1,
-            time: self.now(),
-            request_id: ctx.request_id.clone(),
-            principal: ctx.principal.clone(),
-            source: ctx.source.clone(),
-            operation: operation.to_owned(),
-            key_arn: key_arn.map(str::to_owned),
-            key_material_id: key_material_id.map(str::to_owned),
-            encryption_context_keys: context_keys.to_vec(),
-            outcome: if outcome.is_ok() { "success" } else { "failure" },
-            error_code: outcome.as_ref().err().map(|e| e.kind().aws_name()),
-        };
-        self.audit.record(&event).map_err(|error| {
-            Error::internal(format!("the operation could not be audited: {error}"))
-        })
-    }
-
-    fn audit_key<T>(
-        &self,
-        ctx: &OpContext,
-        operation: &str,
-        outcome: &Result<T, Error>,
-        arn: impl Fn(&T) -> &str,
-    ) -> Result<(), Error> {
-        self.audit(ctx, operation, outcome.as_ref().ok().map(arn), None, &[], outcome)
+/// The material id an audit line of a change names: the last version written that has
+/// material (a rotation's new version, an import), else the one version written (an expiry).
+fn changed_material_id(versions: &[VersionRecord]) -> Option<&str> {
+    match versions.iter().rev().find(|v| v.has_material()) {
+        Some(version) => Some(&version.material_id),
+        None if versions.len() == 1 => Some(&versions[0].material_id),
+        None => None,
     }
 }
 

@@ -230,11 +230,11 @@ impl Keystore {
         self.audit_crypto(
             ctx,
             "Encrypt",
-            &outcome,
+            outcome,
             |o| (&o.key_arn, o.key_material_id.as_deref()),
-            context,
-        )?;
-        outcome
+            Some(context),
+        )
+        .await
     }
 
     /// Decrypt. For symmetric blobs `key_ref` is optional (the blob names its key) and, when
@@ -256,11 +256,11 @@ impl Keystore {
         self.audit_crypto(
             ctx,
             "Decrypt",
-            &outcome,
+            outcome,
             |o| (&o.key_arn, o.key_material_id.as_deref()),
-            context,
-        )?;
-        outcome
+            Some(context),
+        )
+        .await
     }
 
     async fn decrypt_inner(
@@ -381,11 +381,11 @@ impl Keystore {
         self.audit_crypto(
             ctx,
             "ReEncrypt",
-            &outcome,
+            outcome,
             |o| (&o.key_arn, o.destination_material_id.as_deref()),
-            destination_context,
-        )?;
-        outcome
+            Some(destination_context),
+        )
+        .await
     }
 
     /// GenerateDataKey (`with_plaintext`) or GenerateDataKeyWithoutPlaintext.
@@ -428,11 +428,11 @@ impl Keystore {
         self.audit_crypto(
             ctx,
             operation,
-            &outcome,
+            outcome,
             |o| (&o.key_arn, o.key_material_id.as_deref()),
-            context,
-        )?;
-        outcome
+            Some(context),
+        )
+        .await
     }
 
     /// GenerateDataKeyPair (`with_plaintext`) or GenerateDataKeyPairWithoutPlaintext: a new
@@ -473,11 +473,11 @@ impl Keystore {
         self.audit_crypto(
             ctx,
             operation,
-            &outcome,
+            outcome,
             |o| (&o.key_arn, o.key_material_id.as_deref()),
-            context,
-        )?;
-        outcome
+            Some(context),
+        )
+        .await
     }
 
     /// GenerateRandom: 1–1024 random bytes.
@@ -497,8 +497,7 @@ impl Keystore {
             self.backend.fill_random(bytes.expose_secret_mut())?;
             Ok(bytes)
         })();
-        self.audit(ctx, "GenerateRandom", None, None, &[], &outcome)?;
-        outcome
+        self.trail(ctx, "GenerateRandom").finish(outcome, |_| (None, None), None).await
     }
 
     /// Sign with the current version of a SIGN_VERIFY key.
@@ -523,14 +522,7 @@ impl Keystore {
             Ok((signature, key.arn.clone()))
         }
         .await;
-        self.audit_crypto(
-            ctx,
-            "Sign",
-            &outcome,
-            |(_, arn)| (arn, None),
-            &EncryptionContext::new(),
-        )?;
-        outcome
+        self.audit_crypto(ctx, "Sign", outcome, |(_, arn)| (arn, None), None).await
     }
 
     /// Verify. A signature that does not verify is KMSInvalidSignatureException, never
@@ -559,8 +551,7 @@ impl Keystore {
             Ok(key.arn.clone())
         }
         .await;
-        self.audit_crypto(ctx, "Verify", &outcome, |arn| (arn, None), &EncryptionContext::new())?;
-        outcome
+        self.audit_crypto(ctx, "Verify", outcome, |arn| (arn, None), None).await
     }
 
     /// GetPublicKey of an asymmetric key.
@@ -589,14 +580,7 @@ impl Keystore {
             })
         }
         .await;
-        self.audit_crypto(
-            ctx,
-            "GetPublicKey",
-            &outcome,
-            |o| (&o.key_arn, None),
-            &EncryptionContext::new(),
-        )?;
-        outcome
+        self.audit_crypto(ctx, "GetPublicKey", outcome, |o| (&o.key_arn, None), None).await
     }
 
     /// GenerateMac with an HMAC key.
@@ -618,14 +602,7 @@ impl Keystore {
             Ok((mac, key.arn.clone()))
         }
         .await;
-        self.audit_crypto(
-            ctx,
-            "GenerateMac",
-            &outcome,
-            |(_, arn)| (arn, None),
-            &EncryptionContext::new(),
-        )?;
-        outcome
+        self.audit_crypto(ctx, "GenerateMac", outcome, |(_, arn)| (arn, None), None).await
     }
 
     /// VerifyMac, in constant time. A MAC that does not verify is KMSInvalidMacException.
@@ -650,14 +627,7 @@ impl Keystore {
             Ok(key.arn.clone())
         }
         .await;
-        self.audit_crypto(
-            ctx,
-            "VerifyMac",
-            &outcome,
-            |arn| (arn, None),
-            &EncryptionContext::new(),
-        )?;
-        outcome
+        self.audit_crypto(ctx, "VerifyMac", outcome, |arn| (arn, None), None).await
     }
 
     /// DeriveSharedSecret: ECDH between a KEY_AGREEMENT key and a peer's public key (DER
@@ -681,11 +651,11 @@ impl Keystore {
         self.audit_crypto(
             ctx,
             "DeriveSharedSecret",
-            &outcome,
+            outcome,
             |(_, arn, id)| (arn, Some(id.as_str())),
-            &EncryptionContext::new(),
-        )?;
-        outcome
+            None,
+        )
+        .await
     }
 
     // === internals ===
@@ -751,21 +721,31 @@ impl Keystore {
         Ok((plaintext, version))
     }
 
-    fn audit_crypto<T>(
+    /// Ends a cryptographic operation: its result is returned only if its audit line (with the
+    /// key, the material used and the encryption context) was written.
+    async fn audit_crypto<T>(
         &self,
         ctx: &OpContext,
         operation: &str,
-        outcome: &Result<T, Error>,
-        ids: impl Fn(&T) -> (&String, Option<&str>),
-        context: &EncryptionContext,
-    ) -> Result<(), Error> {
-        let (arn, material_id) = match outcome.as_ref().ok().map(ids) {
-            Some((arn, material_id)) => (Some(arn.as_str()), material_id),
-            None => (None, None),
-        };
-        let keys: Vec<String> = context.keys().cloned().collect();
-        self.audit(ctx, operation, arn, material_id, &keys, outcome)
+        outcome: Result<T, Error>,
+        ids: impl FnOnce(&T) -> (&String, Option<&str>),
+        context: Option<&EncryptionContext>,
+    ) -> Result<T, Error> {
+        let ids = higher_ranked(move |value: &T| {
+            let (arn, material_id) = ids(value);
+            (Some(arn.as_str()), material_id)
+        });
+        self.trail(ctx, operation).finish(outcome, ids, context).await
     }
+}
+
+/// Gives a closure the signature `for<'t> FnOnce(&'t T) -> (Option<&'t str>, …)`, which
+/// closure inference does not find by itself.
+fn higher_ranked<T, F>(f: F) -> F
+where
+    F: FnOnce(&T) -> (Option<&str>, Option<&str>),
+{
+    f
 }
 
 fn current(key: &LoadedKey) -> Result<&LoadedVersion, Error> {

@@ -11,6 +11,7 @@ use super::key::{
     VersionState,
 };
 use super::lifecycle::OperationClass;
+use super::trail::Trail;
 use super::{KeySpec, Keystore, LoadedKey, OpContext};
 
 /// Bounds and default of the automatic rotation period, in days.
@@ -69,6 +70,7 @@ impl Keystore {
     ) -> Result<(), Error> {
         let (min, max, default) = ROTATION_PERIOD_DAYS;
         let now = self.now();
+        let trail = self.trail(ctx, "EnableKeyRotation");
         let outcome = async {
             let days = period_days.unwrap_or(default);
             if !(min..=max).contains(&days) {
@@ -76,7 +78,7 @@ impl Keystore {
                     "RotationPeriodInDays must be between {min} and {max}"
                 )));
             }
-            self.update(key_ref, false, OperationClass::Manage, |key, loaded| {
+            self.update(&trail, key_ref, false, OperationClass::Manage, |key, loaded| {
                 check_auto_rotatable(key, &loaded.arn)?;
                 if key.state == KeyState::Disabled {
                     return Err(Error::new(
@@ -90,8 +92,7 @@ impl Keystore {
             .await
         }
         .await;
-        self.audit_key(ctx, "EnableKeyRotation", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// DisableKeyRotation.
@@ -99,8 +100,9 @@ impl Keystore {
     /// # Errors
     /// As EnableKeyRotation.
     pub async fn disable_key_rotation(&self, ctx: &OpContext, key_ref: &str) -> Result<(), Error> {
+        let trail = self.trail(ctx, "DisableKeyRotation");
         let outcome = self
-            .update(key_ref, false, OperationClass::Manage, |key, loaded| {
+            .update(&trail, key_ref, false, OperationClass::Manage, |key, loaded| {
                 check_auto_rotatable(key, &loaded.arn)?;
                 if key.state == KeyState::Disabled {
                     return Err(Error::new(
@@ -112,8 +114,7 @@ impl Keystore {
                 Ok(Vec::new())
             })
             .await;
-        self.audit_key(ctx, "DisableKeyRotation", &outcome, |arn| arn)?;
-        outcome.map(drop)
+        trail.finish_key(outcome, |arn| arn).await.map(drop)
     }
 
     /// GetKeyRotationStatus.
@@ -139,8 +140,7 @@ impl Keystore {
             })
         }
         .await;
-        self.audit_key(ctx, "GetKeyRotationStatus", &outcome, |s| &s.key_arn)?;
-        outcome
+        self.trail(ctx, "GetKeyRotationStatus").finish_key(outcome, |s| &s.key_arn).await
     }
 
     /// RotateKeyOnDemand: a new current version now (for imported keys, the one imported as
@@ -155,8 +155,9 @@ impl Keystore {
         key_ref: &str,
     ) -> Result<String, Error> {
         let now = self.now();
+        let trail = self.trail(ctx, "RotateKeyOnDemand");
         let outcome = self
-            .update(key_ref, false, OperationClass::Manage, |key, loaded| {
+            .update(&trail, key_ref, false, OperationClass::Manage, |key, loaded| {
                 if key.spec != KeySpec::SymmetricDefault {
                     return Err(unsupported_rotation(&loaded.arn));
                 }
@@ -194,8 +195,7 @@ impl Keystore {
                 self.rotate(key, loaded, now, RotationType::OnDemand)
             })
             .await;
-        self.audit_key(ctx, "RotateKeyOnDemand", &outcome, |arn| arn)?;
-        outcome
+        trail.finish_key(outcome, |arn| arn).await
     }
 
     /// ListKeyRotations: every version, oldest first, paginated.
@@ -234,8 +234,7 @@ impl Keystore {
             super::paginate(entries, limit, marker, 1000, 100)
         }
         .await;
-        self.audit(ctx, "ListKeyRotations", None, None, &[], &outcome)?;
-        outcome
+        self.trail(ctx, "ListKeyRotations").finish(outcome, |_| (None, None), None).await
     }
 
     /// Carries out what is due at the keystore clock's now: deletions, automatic rotations,
@@ -252,8 +251,9 @@ impl Keystore {
             // work is still due: a deletion cancelled since the list was read is not carried
             // out. One key's failure is reported and the sweep goes on.
             if record.state == KeyState::PendingDeletion {
+                let trail = self.trail(ctx, "DeleteKey");
                 let outcome = self
-                    .update(&record.id, false, OperationClass::Read, |key, loaded| {
+                    .update(&trail, &record.id, false, OperationClass::Read, |key, loaded| {
                         let due = key.state == KeyState::PendingDeletion
                             && key.deletion_date.is_some_and(|d| d <= now);
                         if !due {
@@ -264,13 +264,7 @@ impl Keystore {
                         Ok(destroy_all(loaded))
                     })
                     .await;
-                self.sweep_step(
-                    ctx,
-                    "DeleteKey",
-                    outcome,
-                    &mut report.deleted,
-                    &mut report.failed,
-                )?;
+                self.sweep_step(&trail, outcome, &mut report.deleted, &mut report.failed).await?;
                 continue;
             }
             let expiring = self
@@ -280,8 +274,9 @@ impl Keystore {
                 .iter()
                 .any(|v| v.has_material() && v.valid_to.is_some_and(|t| t <= now));
             if expiring && record.state != KeyState::Deleted {
+                let trail = self.trail(ctx, "KeyMaterialExpired");
                 let outcome = self
-                    .update(&record.id, false, OperationClass::Read, |key, loaded| {
+                    .update(&trail, &record.id, false, OperationClass::Read, |key, loaded| {
                         let mut changed = Vec::new();
                         for version in loaded.versions.values() {
                             let record = &version.record;
@@ -303,17 +298,12 @@ impl Keystore {
                         Ok(changed)
                     })
                     .await;
-                self.sweep_step(
-                    ctx,
-                    "KeyMaterialExpired",
-                    outcome,
-                    &mut report.expired,
-                    &mut report.failed,
-                )?;
+                self.sweep_step(&trail, outcome, &mut report.expired, &mut report.failed).await?;
             }
             if record.rotation.is_some() {
+                let trail = self.trail(ctx, "RotateKey");
                 let outcome = self
-                    .update(&record.id, false, OperationClass::Read, |key, loaded| {
+                    .update(&trail, &record.id, false, OperationClass::Read, |key, loaded| {
                         let enabled = key.state == KeyState::Enabled;
                         let Some(schedule) = key.rotation.as_mut().filter(|_| enabled) else {
                             return Err(not_due());
@@ -326,23 +316,18 @@ impl Keystore {
                         self.rotate(key, loaded, now, RotationType::Automatic)
                     })
                     .await;
-                self.sweep_step(
-                    ctx,
-                    "RotateKey",
-                    outcome,
-                    &mut report.rotated,
-                    &mut report.failed,
-                )?;
+                self.sweep_step(&trail, outcome, &mut report.rotated, &mut report.failed).await?;
             }
         }
         Ok(report)
     }
 
     /// Records one sweep step: audited and listed when done or failed, silent when not due.
-    fn sweep_step(
+    /// A done step was audited before its commit; a step whose line could not be written was
+    /// not carried out and ends the sweep.
+    async fn sweep_step(
         &self,
-        ctx: &OpContext,
-        operation: &str,
+        trail: &Trail<'_>,
         outcome: Result<String, Error>,
         done: &mut Vec<String>,
         failed: &mut Vec<String>,
@@ -350,10 +335,10 @@ impl Keystore {
         if outcome.as_ref().is_err_and(is_not_due) {
             return Ok(());
         }
-        self.audit_key(ctx, operation, &outcome, |arn| arn)?;
-        match outcome {
+        match trail.finish_key(outcome, |arn| arn).await {
+            Err(error) if trail.audit_failed() => return Err(error),
             Ok(arn) => done.push(arn),
-            Err(error) => failed.push(format!("{operation}: {error}")),
+            Err(error) => failed.push(format!("{}: {error}", trail.operation())),
         }
         Ok(())
     }

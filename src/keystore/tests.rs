@@ -18,7 +18,7 @@ use super::operations::{MAX_PLAINTEXT, MessageType};
 use super::rotation::MAX_ON_DEMAND_ROTATIONS;
 use super::store::{AliasWrite, KeyUpdate, SqliteStore, Store, StoreFuture};
 use super::*;
-use crate::audit::{AuditError, AuditEvent, AuditSink};
+use crate::audit::{AuditError, AuditEvent, AuditFuture, AuditSink, Outcome};
 use crate::crypto::{
     AesKey, BackendKind, KeyPairSpec, MacAlgorithm, OaepHash, SignInput, SigningAlgorithm,
 };
@@ -50,12 +50,14 @@ impl RecordingSink {
 }
 
 impl AuditSink for RecordingSink {
-    fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(AuditError("the audit disk is full".into()));
-        }
-        self.events.lock().expect("sink lock").push(event.clone());
-        Ok(())
+    fn record(&self, event: &AuditEvent) -> AuditFuture<'_> {
+        let result = if self.fail.load(Ordering::SeqCst) {
+            Err(AuditError("the audit disk is full".into()))
+        } else {
+            self.events.lock().expect("sink lock").push(event.clone());
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -1415,7 +1417,7 @@ async fn deletion_window_cancel_and_sweep() {
     let events = h.audit.events();
     assert!(events.iter().any(|e| e.operation == "DeleteKey"
         && e.key_arn.as_deref() == Some(h.ks.key_arn(&keys.sym).as_str())
-        && e.outcome == "success"));
+        && e.outcome == Outcome::Success));
 }
 
 // === 10. rotation ===
@@ -2466,19 +2468,20 @@ async fn audit_events_name_keys_not_secrets() {
     let events = h.audit.events();
     let encrypt = events.iter().find(|e| e.operation == "Encrypt").expect("Encrypt event");
     assert_eq!(encrypt.key_arn.as_deref(), Some(h.ks.key_arn(&id).as_str()));
-    assert_eq!(encrypt.encryption_context_keys, ["tenant"]);
-    assert_eq!(encrypt.outcome, "success");
+    assert_eq!(encrypt.encryption_context.keys().collect::<Vec<_>>(), ["tenant"]);
+    assert_eq!(encrypt.outcome, Outcome::Success);
     assert!(encrypt.key_material_id.is_some());
     assert_eq!(encrypt.principal, "test");
     assert_eq!(encrypt.request_id, "r");
     assert_eq!(encrypt.time, T0);
     let failed = events
         .iter()
-        .find(|e| e.operation == "Decrypt" && e.outcome == "failure")
+        .find(|e| e.operation == "Decrypt" && e.outcome == Outcome::Failure)
         .expect("failed Decrypt event");
     assert_eq!(failed.error_code, Some("InvalidCiphertextException"));
     for event in &events {
-        let json = serde_json::to_string(event).expect("json");
+        // As the default sink writes it (keys only).
+        let json = crate::audit::render_keys_only(event);
         assert!(!json.contains("very-sensitive-value"), "{json}");
         assert!(!json.contains("audited plaintext"), "{json}");
     }
@@ -2499,15 +2502,252 @@ async fn an_unauditable_operation_fails() {
         ErrorKind::Internal,
     );
     assert_err(h.decrypt(&blob, &no_context()).await, ErrorKind::Internal);
-    // FIXME: state changes are committed before their audit event is written, so an operation
-    // that "fails" because it could not be audited has nevertheless happened: here the key is
-    // pending deletion although ScheduleKeyDeletion answered an error (and a retried CreateKey
-    // makes duplicate keys). mod.rs schedule_key_deletion/create_key (and every `update`
-    // caller) audit after the store commit; either write the event (as "attempted") before
-    // committing, or document that a failed audit may follow a committed change.
+    // A change is audited before it is committed: one that cannot be audited is not made.
     assert_err(h.ks.schedule_key_deletion(&ctx(), &id, None).await, ErrorKind::Internal);
     h.audit.fail.store(false, Ordering::SeqCst);
+    assert_eq!(h.state(&id).await, KeyState::Enabled);
+}
+
+// === 17. audit before commit: an unaudited change changes nothing ===
+
+/// Runs `change` while the audit sink fails, and requires KMSInternalException.
+async fn check_unaudited<T>(h: &Harness, change: impl Future<Output = Result<T, Error>>) {
+    h.audit.fail.store(true, Ordering::SeqCst);
+    let result = change.await;
+    h.audit.fail.store(false, Ordering::SeqCst);
+    assert_err(result, ErrorKind::Internal);
+}
+
+#[tokio::test]
+async fn unaudited_create_key_creates_nothing() {
+    let h = harness();
+    h.symmetric().await;
+    check_unaudited(&h, h.ks.create_key(&ctx(), CreateKeyRequest::default())).await;
+    assert_eq!(h.ks.store().keys().await.expect("keys").len(), 1);
+}
+
+#[tokio::test]
+async fn unaudited_disable_key_leaves_the_key_enabled() {
+    let h = harness();
+    let id = h.symmetric().await;
+    check_unaudited(&h, h.ks.disable_key(&ctx(), &id)).await;
+    assert_eq!(h.state(&id).await, KeyState::Enabled);
+    h.encrypt(&id, b"still works", &no_context()).await;
+}
+
+#[tokio::test]
+async fn unaudited_schedule_key_deletion_schedules_nothing() {
+    let h = harness();
+    let id = h.symmetric().await;
+    check_unaudited(&h, h.ks.schedule_key_deletion(&ctx(), &id, Some(7))).await;
+    let record = h.ks.store().key(&id).await.expect("store").expect("key");
+    assert_eq!((record.state, record.deletion_date), (KeyState::Enabled, None));
+}
+
+#[tokio::test]
+async fn unaudited_rotation_adds_no_version() {
+    let h = harness();
+    let id = h.symmetric().await;
+    let before = h.ks.store().versions(&id).await.expect("versions");
+    check_unaudited(&h, h.ks.rotate_key_on_demand(&ctx(), &id)).await;
+    let after = h.ks.store().versions(&id).await.expect("versions");
+    assert_eq!(after.len(), before.len());
+    let record = h.ks.store().key(&id).await.expect("store").expect("key");
+    assert_eq!((record.current_version, record.on_demand_rotations), (1, 0));
+}
+
+#[tokio::test]
+async fn unaudited_create_alias_creates_no_alias() {
+    let h = harness();
+    let id = h.symmetric().await;
+    check_unaudited(&h, h.ks.create_alias(&ctx(), "alias/unaudited", &id)).await;
+    assert!(h.ks.store().alias("alias/unaudited").await.expect("store").is_none());
+    // The name is free: creating it (audited) works.
+    h.ks.create_alias(&ctx(), "alias/unaudited", &id).await.expect("create alias");
+}
+
+#[tokio::test]
+async fn unaudited_sweep_deletes_nothing() {
+    let h = harness();
+    let id = h.symmetric().await;
+    h.ks.schedule_key_deletion(&ctx(), &id, Some(7)).await.expect("schedule");
+    h.clock.advance(8 * DAY);
+    check_unaudited(&h, h.ks.sweep(&ctx())).await;
     assert_eq!(h.state(&id).await, KeyState::PendingDeletion);
+    let report = h.ks.sweep(&ctx()).await.expect("sweep");
+    assert_eq!(report.deleted, [h.ks.key_arn(&id)]);
+}
+
+#[tokio::test]
+async fn a_change_is_audited_before_its_commit_and_a_failed_commit_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let audit = Arc::new(RecordingSink::default());
+    let (ks, store) = pausing_keystore_with(dir.path(), &clock, Arc::clone(&audit) as _);
+    let id = ks.create_key(&ctx(), CreateKeyRequest::default()).await.expect("create").record.id;
+    let created = audit.events().pop().expect("CreateKey event");
+    assert_eq!((created.operation.as_str(), created.outcome), ("CreateKey", Outcome::Success));
+    assert!(created.key_material_id.is_some(), "names the first version's material");
+    // The store refuses the commit after the success line was written.
+    store.fail_updates.store(true, Ordering::SeqCst);
+    let request = OpContext { request_id: "r-disable".into(), ..ctx() };
+    assert_err(ks.disable_key(&request, &id).await, ErrorKind::Internal);
+    store.fail_updates.store(false, Ordering::SeqCst);
+    let events = audit.events();
+    let lines: Vec<_> = events[1..]
+        .iter()
+        .map(|e| (e.operation.as_str(), e.request_id.as_str(), e.outcome, e.error_code))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("DisableKey", "r-disable", Outcome::Success, None),
+            ("DisableKey", "r-disable", Outcome::Failure, Some("KMSInternalException")),
+        ]
+    );
+    assert_eq!(ks.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
+    // A rotation's line names the new material.
+    ks.rotate_key_on_demand(&ctx(), &id).await.expect("rotate");
+    let rotated = audit.events().pop().expect("event");
+    let versions = ks.store().versions(&id).await.expect("versions");
+    assert_eq!(rotated.key_material_id.as_deref(), Some(versions[1].material_id.as_str()));
+}
+
+/// The (paused) time since `start` is `timeout`, to the timer's 1 ms resolution.
+fn check_waited(start: tokio::time::Instant, timeout: std::time::Duration) {
+    let waited = start.elapsed();
+    assert!(
+        waited >= timeout && waited <= timeout + std::time::Duration::from_millis(2),
+        "{waited:?}"
+    );
+}
+
+/// Never completes a record.
+#[derive(Debug)]
+struct StuckSink;
+
+impl AuditSink for StuckSink {
+    fn record(&self, _: &AuditEvent) -> AuditFuture<'_> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_sink_fails_the_operation_within_its_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Keystore::init(backend(), dir.path(), &RootKeySource::File).expect("init");
+    let clock = Arc::new(ManualClock::new(T0));
+    let recording = Arc::new(RecordingSink::default());
+    let ks = open_at(dir.path(), &clock, &recording).expect("open");
+    let id = ks.create_key(&ctx(), CreateKeyRequest::default()).await.expect("create").record.id;
+    drop(ks);
+    let stuck = Keystore::open(
+        backend(),
+        dir.path(),
+        &RootKeySource::File,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::new(StuckSink),
+        Partition::default(),
+    )
+    .expect("open");
+    // Time stands still unless the runtime is idle, and then jumps to the next timer: the test
+    // waits no real time.
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    assert_err(stuck.disable_key(&ctx(), &id).await, ErrorKind::Internal);
+    check_waited(start, crate::audit::DEFAULT_TIMEOUT);
+    let start = tokio::time::Instant::now();
+    let encrypt = stuck
+        .encrypt(&ctx(), &id, b"x", &no_context(), EncryptionAlgorithm::SymmetricDefault)
+        .await;
+    assert_err(encrypt, ErrorKind::Internal);
+    check_waited(start, crate::audit::DEFAULT_TIMEOUT);
+    assert_eq!(stuck.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
+}
+
+#[tokio::test]
+async fn a_stuck_trail_fails_within_its_timeout_and_its_late_line_is_corrected() {
+    use crate::audit::{AuditConfig, FileSink, verify};
+    let dir = tempfile::tempdir().expect("tempdir");
+    Keystore::init(backend(), dir.path(), &RootKeySource::File).expect("init");
+    let config =
+        AuditConfig { timeout: std::time::Duration::from_secs(2), ..AuditConfig::default() };
+    let sink = Arc::new(FileSink::open(dir.path(), &config, backend()).expect("trail"));
+    let clock = Arc::new(ManualClock::new(T0));
+    let ks = Keystore::open(
+        backend(),
+        dir.path(),
+        &RootKeySource::File,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Partition::default(),
+    )
+    .expect("open");
+    let id = ks.create_key(&ctx(), CreateKeyRequest::default()).await.expect("create").record.id;
+    // The disk hangs: the writer is held before its next batch.
+    let (release, gate) = std::sync::mpsc::channel();
+    *sink.hooks().gate.lock().expect("gate") = Some(gate);
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    let request = OpContext { request_id: "r-stuck".into(), ..ctx() };
+    assert_err(ks.disable_key(&request, &id).await, ErrorKind::Internal);
+    check_waited(start, config.timeout);
+    tokio::time::resume();
+    assert_eq!(ks.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
+    // The disk recovers: the late success line is followed by its correction.
+    release.send(()).expect("release");
+    ks.enable_key(&ctx(), &id).await.expect("audited again");
+    let trail = dir.path().join("audit");
+    verify::verify(&trail).expect("the trail verifies");
+    let stuck: Vec<_> = verify::read_records(&trail)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.request_id == "r-stuck")
+        .map(|r| (r.operation, r.outcome, r.error_code))
+        .collect();
+    assert_eq!(
+        stuck,
+        [
+            ("DisableKey".to_owned(), Outcome::Success, None),
+            ("DisableKey".to_owned(), Outcome::Failure, Some("KMSInternalException".to_owned())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_trail_fails_the_change_and_the_next_one_succeeds() {
+    use crate::audit::{AuditConfig, FileSink, verify};
+    let dir = tempfile::tempdir().expect("tempdir");
+    Keystore::init(backend(), dir.path(), &RootKeySource::File).expect("init");
+    let sink =
+        Arc::new(FileSink::open(dir.path(), &AuditConfig::default(), backend()).expect("trail"));
+    let ks = Keystore::open(
+        backend(),
+        dir.path(),
+        &RootKeySource::File,
+        Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>,
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Partition::default(),
+    )
+    .expect("open");
+    let id = ks.create_key(&ctx(), CreateKeyRequest::default()).await.expect("create").record.id;
+    sink.hooks().fail_sync.store(true, Ordering::SeqCst);
+    assert_err(ks.schedule_key_deletion(&ctx(), &id, Some(7)).await, ErrorKind::Internal);
+    sink.hooks().fail_sync.store(false, Ordering::SeqCst);
+    assert_eq!(ks.store().key(&id).await.expect("store").expect("key").state, KeyState::Enabled);
+    ks.schedule_key_deletion(&ctx(), &id, Some(7)).await.expect("audited this time");
+    let trail = dir.path().join("audit");
+    verify::verify(&trail).expect("the trail verifies");
+    let operations: Vec<_> = verify::read_records(&trail)
+        .expect("records")
+        .into_iter()
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    // The failed batch left nothing; its correction line (queued, not awaited) may precede
+    // the successful attempt.
+    assert_eq!(operations.first(), Some(&("CreateKey".to_owned(), Outcome::Success)));
+    assert_eq!(operations.last(), Some(&("ScheduleKeyDeletion".to_owned(), Outcome::Success)));
+    assert!(operations.len() <= 3, "{operations:?}");
 }
 
 // === bugs shown with a store that pauses at chosen points ===
@@ -2531,6 +2771,8 @@ struct PausingStore {
     inner: SqliteStore,
     versions_gate: Mutex<Option<Gate>>,
     keys_gate: Mutex<Option<Gate>>,
+    /// Every `update_key` fails while set.
+    fail_updates: AtomicBool,
 }
 
 fn paused<'a, T: Send + 'a>(gate: Option<Gate>, future: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
@@ -2560,6 +2802,11 @@ impl Store for PausingStore {
         paused(gate, self.inner.versions(key_id))
     }
     fn update_key(&self, update: KeyUpdate) -> StoreFuture<'_, ()> {
+        if self.fail_updates.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Err(store::StoreError::Database(
+                "the disk is full".into(),
+            ))));
+        }
         self.inner.update_key(update)
     }
     fn alias(&self, name: &str) -> StoreFuture<'_, Option<AliasRecord>> {
@@ -2583,18 +2830,27 @@ impl Store for PausingStore {
 }
 
 fn pausing_keystore(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Keystore>, Arc<PausingStore>) {
+    pausing_keystore_with(dir, clock, Arc::new(RecordingSink::default()))
+}
+
+fn pausing_keystore_with(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    audit: Arc<dyn AuditSink>,
+) -> (Arc<Keystore>, Arc<PausingStore>) {
     let root = RootKey::create(backend(), dir, &RootKeySource::File).expect("root");
     let store = Arc::new(PausingStore {
         inner: SqliteStore::open(&dir.join("keystore.db")).expect("store"),
         versions_gate: Mutex::new(None),
         keys_gate: Mutex::new(None),
+        fail_updates: AtomicBool::new(false),
     });
     let ks = Keystore::with_store(
         backend(),
         Arc::clone(&store) as Arc<dyn Store>,
         root,
         Arc::clone(clock) as Arc<dyn Clock>,
-        Arc::new(RecordingSink::default()),
+        audit,
         Partition::default(),
     );
     (Arc::new(ks), store)

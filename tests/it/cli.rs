@@ -155,8 +155,9 @@ fn lifecycle_disable_enable_delete_cancel_and_sweep() {
     let listed = kagi.ok(&["--output", "json", "keys", "list"]).json();
     assert_eq!(listed["Keys"].as_array().map(Vec::len), Some(0));
     // The audit trail recorded the deletion.
-    let audit = std::fs::read_to_string(kagi.data_dir().join("audit.log")).expect("audit");
-    assert!(audit.lines().any(|line| line.contains("\"operation\":\"DeleteKey\"")));
+    let deleted =
+        kagi.ok(&["--output", "json", "audit", "show", "--operation", "DeleteKey"]).json();
+    assert_eq!(deleted["Records"].as_array().map(Vec::len), Some(1));
 }
 
 #[test]

@@ -30,3 +30,7 @@ mod crash;
 // `kagi serve` through kagi's own client: HTTP/2 and HTTP/1.1, SigV4 refusals, protocol errors,
 // metrics, shutdown.
 mod server;
+
+// The audit trail through the binary: `kagi audit verify` accepts what operations left and names
+// the line a changed byte broke; rotation across days; `kagi audit show` filters.
+mod audit;
