@@ -1225,15 +1225,22 @@ fn open(
     data_dir: &Path,
     root_source: &RootKeySource,
 ) -> Result<Keystore, Error> {
-    keystore_with_partition(backend, data_dir, root_source, Partition::default())
+    keystore_with_partition(
+        backend,
+        data_dir,
+        root_source,
+        Partition::default(),
+        &AuditConfig::default(),
+    )
 }
 
-/// Opens the keystore in `data_dir` with its audit trail, ARNs in `partition`.
+/// Opens the keystore in `data_dir` with its audit trail as `audit` says, ARNs in `partition`.
 fn keystore_with_partition(
     backend: &'static dyn crate::crypto::CryptoBackend,
     data_dir: &Path,
     root_source: &RootKeySource,
     partition: Partition,
+    audit: &AuditConfig,
 ) -> Result<Keystore, Error> {
     let clock: Arc<dyn Clock> =
         match std::env::var("KAGI_FAKE_NOW") {
@@ -1257,7 +1264,7 @@ fn keystore_with_partition(
     // Checked before the audit trail is opened, so a directory without a keystore gets no
     // trail created in it.
     let audit = Arc::new(
-        FileSink::open(data_dir, &AuditConfig::default(), backend)
+        FileSink::open(data_dir, audit, backend)
             .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
     );
     Keystore::open(backend, data_dir, root_source, clock, audit, partition)

@@ -55,6 +55,7 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
             &config.data_dir,
             &root_source,
             config.partition.clone(),
+            &config.audit,
         )?);
         crate::server::serve(&config, keystore, serve.ready_file.as_deref(), shutdown_signal())
             .await

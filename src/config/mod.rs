@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use crate::audit::{AuditConfig, ContextMode};
 use crate::crypto::{BackendKind, SecretBytes};
 use crate::keystore::Partition;
 
@@ -48,6 +49,8 @@ pub struct Config {
     pub principals: Arc<Principals>,
     /// Request quotas.
     pub quotas: Quotas,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 /// The KMS API listener.
@@ -279,7 +282,12 @@ impl Builder<'_> {
                 }
             }
         }
+        let audit = match raw.audit {
+            Some(raw) => self.audit(raw)?,
+            None => AuditConfig::default(),
+        };
         Ok(Config {
+            audit,
             data_dir: self.path(&keystore.data_dir),
             backend,
             partition,
@@ -289,6 +297,34 @@ impl Builder<'_> {
             principals: Arc::new(principals),
             quotas,
         })
+    }
+
+    fn audit(&self, raw: raw::Audit) -> Result<AuditConfig, ConfigError> {
+        let mut audit = AuditConfig::default();
+        if let Some(dir) = raw.dir {
+            audit.dir = PathBuf::from(dir);
+        }
+        if let Some(bytes) = raw.max_file_bytes {
+            if *bytes.get_ref() < 4096 {
+                return Err(self.error(&bytes, "max_file_bytes must be at least 4096"));
+            }
+            audit.max_file_bytes = *bytes.get_ref();
+        }
+        if let Some(daily) = raw.rotate_daily {
+            audit.rotate_daily = daily;
+        }
+        if let Some(mode) = raw.encryption_context {
+            audit.context_mode = ContextMode::from_name(mode.get_ref()).ok_or_else(|| {
+                self.error(&mode, "encryption_context must be keys-only, as-given or hmac")
+            })?;
+        }
+        if let Some(ms) = raw.timeout_ms {
+            if !(1..=600_000).contains(ms.get_ref()) {
+                return Err(self.error(&ms, "timeout_ms must be 1 to 600000"));
+            }
+            audit.timeout = std::time::Duration::from_millis(*ms.get_ref());
+        }
+        Ok(audit)
     }
 
     fn principal(&self, raw: raw::Principal) -> Result<Principal, ConfigError> {

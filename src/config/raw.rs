@@ -19,6 +19,24 @@ pub struct Config {
     pub principals: Vec<Principal>,
     /// `[quotas]`.
     pub quotas: Option<Quotas>,
+    /// `[audit]`.
+    pub audit: Option<Audit>,
+}
+
+/// `[audit]`: the trail. Paths are relative to the data directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// The trail's directory.
+    pub dir: Option<String>,
+    /// Start a new file past this many bytes.
+    pub max_file_bytes: Option<Spanned<u64>>,
+    /// Start a new file each UTC day.
+    pub rotate_daily: Option<bool>,
+    /// `keys-only` (default), `as-given` or `hmac`.
+    pub encryption_context: Option<Spanned<String>>,
+    /// How long an operation waits for its line, in milliseconds.
+    pub timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[keystore]`.

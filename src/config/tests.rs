@@ -22,6 +22,7 @@ fn the_embedded_default_is_valid() {
     let admin = config.principals.by_name("admin").unwrap();
     assert!(admin.administrator);
     assert!(!format!("{config:?}").contains("kagi-demo-secret"), "secrets never print");
+    assert_eq!(config.audit, AuditConfig::default());
 }
 
 #[test]
@@ -64,6 +65,8 @@ fn errors_name_the_line() {
             "not set",
         ),
         (format!("{MINIMAL}[api\n"), 7, ""),
+        (format!("{MINIMAL}[audit]\nencryption_context = \"all\"\n"), 8, "keys-only, as-given"),
+        (format!("{MINIMAL}[audit]\ntimeout_ms = 0\n"), 8, "timeout_ms"),
     ];
     for (text, line, needle) in cases {
         let error = parse(&text).unwrap_err().to_string();
