@@ -1,0 +1,137 @@
+//! A KMS load generator: several keep-alive connections issuing SigV4-signed Encrypt requests
+//! for a fixed time, then requests/s and latency percentiles as one JSON line.
+//!
+//! `bench/kms_vs_moto.sh` runs it against kagi and against moto's server with the same
+//! settings. It runs on one thread, so on a 2-core machine the server under test has the other.
+//!
+//! ```text
+//! cargo run --release --example kms_load -- --endpoint https://127.0.0.1:8443 \
+//!     --ca-bundle data/api-ca.pem --access-key-id AKIA… --secret … --connections 16 --seconds 10
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Parser;
+use kagi::api::client::{Client, Credentials, HttpVersion, tls_config};
+use kagi::crypto::SecretBytes;
+use serde_json::json;
+
+/// Encrypt load against a KMS endpoint.
+#[derive(Debug, Parser)]
+struct Args {
+    /// `https://HOST:PORT` (TLS, trusting --ca-bundle) or `http://HOST:PORT`.
+    #[arg(long)]
+    endpoint: String,
+    /// The PEM file to trust for https endpoints.
+    #[arg(long)]
+    ca_bundle: Option<std::path::PathBuf>,
+    /// The TLS server name (default: localhost).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key_id: String,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret: String,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// How long to run, after a one-second warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Plaintext size of each Encrypt.
+    #[arg(long, default_value_t = 256)]
+    plaintext_bytes: usize,
+    /// Speak HTTP/2 (https only).
+    #[arg(long)]
+    http2: bool,
+}
+
+async fn connect(args: &Args, credentials: &Arc<Credentials>) -> Client {
+    let credentials = Arc::clone(credentials);
+    if let Some(address) = args.endpoint.strip_prefix("http://") {
+        return Client::connect_plain(address.trim_end_matches('/'), credentials)
+            .await
+            .expect("connect");
+    }
+    let address = args.endpoint.strip_prefix("https://").expect("http:// or https://");
+    let version = if args.http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
+    let ca = args.ca_bundle.as_deref().expect("--ca-bundle for https");
+    let tls = Arc::new(tls_config(ca, version).expect("CA bundle"));
+    Client::connect(address.trim_end_matches('/'), &args.server_name, tls, version, credentials)
+        .await
+        .expect("connect")
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let credentials = Arc::new(Credentials {
+        access_key_id: args.access_key_id.clone(),
+        secret: SecretBytes::from_slice(args.secret.as_bytes()),
+        region: args.region.clone(),
+    });
+    let mut setup = connect(&args, &credentials).await;
+    let key = setup.call("CreateKey", &json!({"Description": "load test"})).await.expect("key");
+    let key_id = key["KeyMetadata"]["KeyId"].as_str().expect("KeyId").to_owned();
+    let plaintext =
+        base64::engine::general_purpose::STANDARD.encode(vec![7u8; args.plaintext_bytes]);
+    let input = Arc::new(
+        json!({"KeyId": key_id, "Plaintext": plaintext, "EncryptionContext": {"bench": "1"}}),
+    );
+    let warm_up = Instant::now() + Duration::from_secs(1);
+    let end = warm_up + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let mut client = connect(&args, &credentials).await;
+        let input = Arc::clone(&input);
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            loop {
+                let start = Instant::now();
+                if start >= end {
+                    break;
+                }
+                let ok = client.call("Encrypt", &input).await.is_ok();
+                if start >= warm_up {
+                    if ok {
+                        latencies.push(start.elapsed().as_micros() as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (mut l, e) = task.await.expect("task");
+        latencies.append(&mut l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |&us| f64::from(us) / 1000.0)
+    };
+    let report = json!({
+        "endpoint": args.endpoint,
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "requests": latencies.len(),
+        "errors": errors,
+        "requests_per_second": latencies.len() as f64 / args.seconds as f64,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+    });
+    println!("{report}");
+}
