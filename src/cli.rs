@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod remote;
 mod serve;
 
 use crate::audit::verify::{Filter, VerifyError};
@@ -572,9 +573,15 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         }
         _ => {}
     }
+    let out = Printer { output: args.output };
+    // A running server owns the directory: go through its API. Otherwise hold a shared lock so
+    // no server starts while this command works on the directory.
+    let _lock = match remote::access(&args.data_dir)? {
+        remote::Access::Remote(info) => return remote::run(&info, &out, args.command).await,
+        remote::Access::Direct(lock) => lock,
+    };
     let keystore = open(backend, &args.data_dir, &root_source)?;
     let ctx = cli_context(&keystore)?;
-    let out = Printer { output: args.output };
     match args.command {
         Command::Init | Command::Demo | Command::Audit(_) | Command::Serve(_) => Ok(()),
         Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,

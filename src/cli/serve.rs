@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use clap::Args as ClapArgs;
 
+use super::remote::{ServerInfo, ServerLock};
 use super::{Args, keystore_with_partition};
 use crate::config::Config;
 use crate::error::{Error, exit_code};
 use crate::keystore::{Keystore, RootKeySource};
+use crate::server::{Ready, ServeError, write_atomically};
 
 /// `kagi serve`.
 #[derive(Debug, ClapArgs)]
@@ -49,6 +51,7 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| {
             Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
         })?;
+    let mut lock = ServerLock::acquire(&config.data_dir)?;
     runtime.block_on(async {
         let keystore = Arc::new(keystore_with_partition(
             backend,
@@ -57,7 +60,24 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
             config.partition.clone(),
             &config.audit,
         )?);
-        crate::server::serve(&config, keystore, serve.ready_file.as_deref(), shutdown_signal())
+        let region = config.partition.region.clone();
+        let on_ready = |ready: &Ready| {
+            let info = ServerInfo {
+                pid: std::process::id(),
+                api: ready.api.to_string(),
+                ca_bundle: ready.ca_bundle.clone(),
+                region,
+            };
+            lock.publish(&info)
+                .map_err(|e| ServeError(format!("cannot publish the address: {e}")))?;
+            if let Some(path) = &serve.ready_file {
+                let text = serde_json::to_string(ready).map_err(|e| ServeError(e.to_string()))?;
+                write_atomically(path, text.as_bytes())
+                    .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
+            }
+            Ok(())
+        };
+        crate::server::serve(&config, keystore, on_ready, shutdown_signal())
             .await
             .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))
     })

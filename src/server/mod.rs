@@ -38,7 +38,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// A failure to start serving.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ServeError(String);
+pub struct ServeError(pub String);
 
 /// Where the server listens, once it does.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -51,14 +51,15 @@ pub struct Ready {
     pub ca_bundle: PathBuf,
 }
 
-/// Serves until `shutdown` completes, then drains.
+/// Serves until `shutdown` completes, then drains. `on_ready` runs once every listener is up
+/// (to write a ready file, publish the address in the lock file).
 ///
 /// # Errors
-/// When a listener cannot bind or the TLS configuration cannot be built.
+/// When a listener cannot bind, the TLS configuration cannot be built, or `on_ready` fails.
 pub async fn serve(
     config: &Config,
     keystore: Arc<Keystore>,
-    ready_file: Option<&Path>,
+    on_ready: impl FnOnce(&Ready) -> Result<(), ServeError>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
@@ -83,11 +84,7 @@ pub async fn serve(
     let ready =
         Ready { api: api_addr, admin: admin.as_ref().and_then(|l| l.local_addr().ok()), ca_bundle };
     tracing::info!(target: "kagi::server", api = %ready.api, admin = ?ready.admin, ca_bundle = %ready.ca_bundle.display(), "listening");
-    if let Some(path) = ready_file {
-        let text = serde_json::to_string(&ready).map_err(|e| ServeError(e.to_string()))?;
-        write_atomically(path, text.as_bytes())
-            .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
-    }
+    on_ready(&ready)?;
     let graceful = GracefulShutdown::new();
     if let Some(admin) = admin {
         tokio::spawn(admin_loop(admin, Arc::clone(&metrics)));
@@ -244,7 +241,10 @@ async fn sweep_loop(keystore: Arc<Keystore>) {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+///
+/// # Errors
+/// When the file cannot be written or renamed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)

@@ -92,6 +92,12 @@ impl Server {
         self.dir.path().join("data")
     }
 
+    /// Stops the server at once (SIGKILL), keeping its directory.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits; returns whether the server exited successfully.
     pub(crate) fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();
@@ -240,4 +246,87 @@ fn http_get(address: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// Runs `kagi --data-dir DIR ARGS…` with `env`; returns (exit code, stdout, stderr).
+fn kagi(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<u8>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("KAGI_FAKE_NOW")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", data_dir.join("no-such-credentials"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("kagi runs");
+    (
+        output.status.code().unwrap_or(-1),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_goes_through_a_running_server() {
+    let mut server = Server::start("");
+    let data_dir = server.data_dir();
+    let admin = [("AWS_ACCESS_KEY_ID", ADMIN_KEY), ("AWS_SECRET_ACCESS_KEY", ADMIN_SECRET)];
+    let (code, stdout, stderr) =
+        kagi(&data_dir, &["--output", "json", "keys", "create", "--description", "remote"], &admin);
+    assert_eq!(code, 0, "{stderr}");
+    let created: Value = serde_json::from_slice(&stdout).unwrap();
+    let key_id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    std::fs::write(data_dir.join("plain.txt"), b"through the API").unwrap();
+    let plain = data_dir.join("plain.txt").display().to_string();
+    let sealed = data_dir.join("sealed.bin").display().to_string();
+    let (code, _, stderr) = kagi(
+        &data_dir,
+        &["encrypt", "--key", &key_id, "--context", "app=t", "--in", &plain, "--out", &sealed],
+        &admin,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        kagi(&data_dir, &["decrypt", "--context", "app=t", "--in", &sealed], &admin);
+    assert_eq!((code, stdout.as_slice()), (0, &b"through the API"[..]), "{stderr}");
+    // Wrong context: the API's error, mapped to the documented exit code.
+    let (code, _, stderr) = kagi(&data_dir, &["decrypt", "--in", &sealed], &admin);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("InvalidCiphertextException"), "{stderr}");
+    // A profile file works like the AWS CLI's.
+    let profile = data_dir.join("credentials");
+    std::fs::write(
+        &profile,
+        format!("[ops]\naws_access_key_id = {ADMIN_KEY}\naws_secret_access_key = {ADMIN_SECRET}\n"),
+    )
+    .unwrap();
+    let profile_env =
+        [("AWS_SHARED_CREDENTIALS_FILE", profile.to_str().unwrap()), ("AWS_PROFILE", "ops")];
+    let (code, stdout, stderr) =
+        kagi(&data_dir, &["--output", "json", "keys", "list"], &profile_env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(String::from_utf8_lossy(&stdout).contains(&key_id));
+    // No credentials: a clear usage error, not a silent direct access.
+    let (code, _, stderr) = kagi(&data_dir, &["keys", "list"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("needs credentials"), "{stderr}");
+    // A second server on the same directory is refused.
+    let (code, _, stderr) = kagi(&data_dir, &["serve", "--config", "/nonexistent.toml"], &[]);
+    assert_ne!(code, 0, "{stderr}");
+    let config = data_dir.parent().unwrap().join("kagi.toml");
+    let (code, _, stderr) = kagi(&data_dir, &["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 7, "{stderr}");
+    assert!(stderr.contains("in use by another kagi"), "{stderr}");
+    // The trail names the principal the server authenticated.
+    server.kill();
+    let (code, stdout, stderr) =
+        kagi(&data_dir, &["--output", "json", "audit", "show", "--operation", "Encrypt"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&stdout).contains("\"admin\""),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
 }
