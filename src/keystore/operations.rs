@@ -316,7 +316,7 @@ impl Keystore {
             ErrorKind::NotFound => Error::invalid_ciphertext(),
             _ => error,
         })?;
-        lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
+        self.check_usable(&key)?;
         if key.record.spec != KeySpec::SymmetricDefault {
             return Err(Error::invalid_ciphertext());
         }
@@ -565,7 +565,7 @@ impl Keystore {
     ) -> Result<PublicKeyInfo, Error> {
         let outcome = async {
             let key = self.resolve(key_ref, true).await?;
-            lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
+            self.check_usable(&key)?;
             let Some(Material::Pair(pair)) = &current(&key)?.material else {
                 return Err(Error::new(
                     ErrorKind::UnsupportedOperation,
@@ -661,9 +661,28 @@ impl Keystore {
     // === internals ===
 
     /// Resolves a key for a cryptographic operation: any reference form, enabled, with `usage`.
+    /// Whether `key` may be used for cryptography now: its state allows it, and no imported
+    /// material has expired (the sweeper then makes the key PendingImport; until it runs, the
+    /// expired material is refused here, so expiry takes effect on the second).
+    fn check_usable(&self, key: &LoadedKey) -> Result<(), Error> {
+        lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
+        let now = self.now();
+        if key
+            .versions
+            .values()
+            .any(|v| v.material.is_some() && v.record.valid_to.is_some_and(|t| t <= now))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("{} is pending import: its imported key material has expired.", key.arn),
+            ));
+        }
+        Ok(())
+    }
+
     async fn crypto_key(&self, key_ref: &str, usage: KeyUsage) -> Result<Arc<LoadedKey>, Error> {
         let key = self.resolve(key_ref, true).await?;
-        lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
+        self.check_usable(&key)?;
         if key.record.usage != usage {
             return Err(Error::new(
                 ErrorKind::InvalidKeyUsage,

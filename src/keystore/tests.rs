@@ -1895,8 +1895,19 @@ async fn import_key_material() {
         .await
         .expect("same bytes into another key");
 
-    // Expiry: two days later the sweeper destroys the material.
-    h.clock.advance(2 * DAY);
+    // Expiry takes effect at ValidTo even before the sweeper runs.
+    h.clock.advance(DAY - 1);
+    assert_eq!(h.decrypt(&blob1, &no_context()).await.expect("decrypt"), b"imported");
+    h.clock.advance(1);
+    assert_err(h.decrypt(&blob1, &no_context()).await, ErrorKind::InvalidState);
+    assert_err(
+        h.ks.encrypt(&ctx(), &id, b"x", &no_context(), EncryptionAlgorithm::SymmetricDefault)
+            .await,
+        ErrorKind::InvalidState,
+    );
+
+    // Expiry: a day later the sweeper destroys the material.
+    h.clock.advance(DAY);
     let report = h.ks.sweep(&ctx()).await.expect("sweep");
     assert_eq!(report.expired, vec![h.ks.key_arn(&id)]);
     assert_eq!(h.state(&id).await, KeyState::PendingImport);
