@@ -2664,3 +2664,5 @@ async fn sweep_racing_cancel_key_deletion() {
     let plaintext = ks.decrypt(&ctx(), &blob, &no_context(), None, None).await.expect("decrypt");
     assert_eq!(plaintext.plaintext.expose_secret(), b"keep me");
 }
+
+mod grants;
