@@ -225,7 +225,7 @@ impl Keystore {
             }
             let key = self.resolve(key_ref, false).await?;
             super::lifecycle::check(OperationClass::Read, &key.record, &key.arn)?;
-            let entries = key
+            let mut entries: Vec<(String, GrantEntry)> = key
                 .record
                 .grants
                 .iter()
@@ -233,6 +233,7 @@ impl Keystore {
                 .filter(|g| grantee.is_none_or(|p| g.grantee_principal == p))
                 .map(|g| (sort_key(g), GrantEntry { key_arn: key.arn.clone(), grant: g.clone() }))
                 .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
             Ok((key.arn.clone(), paginate(entries, limit, marker, 100, 50)?))
         }
         .await;
@@ -449,7 +450,8 @@ fn decode_token(token: &str) -> Result<(String, String), Error> {
     Ok((key_id, hex::encode(&bytes[17..49])))
 }
 
-/// Grants sort by creation time, then id (so pages list them oldest first).
+/// Grants sort by creation time (in seconds), then id: pages list them oldest first, and a
+/// marker stays a valid position while grants come and go.
 fn sort_key(grant: &GrantRecord) -> String {
     format!("{:020}:{}", grant.created.max(0), grant.grant_id)
 }
