@@ -370,3 +370,35 @@ async fn grant_changes_are_audited() {
         ErrorKind::Internal,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_grant_changes_are_not_lost() {
+    let h = harness();
+    let key = h.symmetric().await;
+    let keep =
+        h.ks.create_grant(&ctx(), &key, new_grant(BOB, &[GrantOperation::Decrypt]))
+            .await
+            .expect("create");
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (ks, key) = (Arc::clone(&h.ks), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let created = ks
+                .create_grant(&ctx(), &key, new_grant(ALICE, &[GrantOperation::Encrypt]))
+                .await
+                .expect("create");
+            // Interleave removals with the creations.
+            ks.revoke_grant(&ctx(), &key, &created.grant_id).await.expect("revoke");
+            ks.create_grant(&ctx(), &key, new_grant(CAROL, &[GrantOperation::Encrypt]))
+                .await
+                .expect("create again")
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let grants = grants_of(&h, &key).await;
+    assert_eq!(grants.len(), 17, "every creation and revocation landed once");
+    assert!(grants.iter().any(|g| g.grant_id == keep.grant_id));
+    assert!(grants.iter().all(|g| g.grantee_principal != ALICE));
+}
