@@ -6,6 +6,7 @@
 //! answer, log line, metrics. Business rules stay in the keystore; this module only translates.
 
 pub mod client;
+mod grants;
 mod operations;
 pub mod sigv4;
 pub mod wire;
@@ -262,6 +263,7 @@ impl Api {
         }
         let input = wire::Input::parse(body)?;
         call.dry_run = input.opt_bool("DryRun")?.unwrap_or(false);
+        self.check_grant_tokens(&call, &input).await?;
         let result = self.dispatch(&mut call, input).await;
         log.key = call.key_arn.take();
         result
@@ -273,8 +275,8 @@ impl Api {
         })
     }
 
-    /// Authorizes `action` on the key `key_ref` names for `call`: the key policy must allow it
-    /// and nothing may deny it. Denials are audited.
+    /// Authorizes `action` on the key `key_ref` names for `call`: the key policy or a grant
+    /// must allow it and the key policy may not deny it. Denials are audited.
     pub(crate) async fn authorize(
         &self,
         call: &mut Call<'_>,
@@ -282,27 +284,51 @@ impl Api {
         key_ref: &str,
         context: Option<&EncryptionContext>,
     ) -> Result<AccessTarget, ApiError> {
+        self.authorize_where(call, action, key_ref, context, |_| true).await
+    }
+
+    /// [`Api::authorize`], counting only the grants `grant_ok` accepts (CreateGrant through a
+    /// grant may create no wider grant).
+    pub(crate) async fn authorize_where(
+        &self,
+        call: &mut Call<'_>,
+        action: &str,
+        key_ref: &str,
+        context: Option<&EncryptionContext>,
+        grant_ok: impl Fn(&keystore::GrantRecord) -> bool,
+    ) -> Result<AccessTarget, ApiError> {
         let target = self.keystore.access_target(key_ref).await?;
         call.key_arn = Some(target.arn.clone());
+        let partition = self.keystore.partition();
+        let request = policy::Request {
+            principal_arn: &call.principal_arn,
+            account: &partition.account,
+            action,
+            resource: &target.arn,
+            encryption_context: context,
+        };
         let decision = match self.policy(&target) {
-            Some(policy) => {
-                let partition = self.keystore.partition();
-                policy.evaluate(&policy::Request {
-                    principal_arn: &call.principal_arn,
-                    account: &partition.account,
-                    action,
-                    resource: &target.arn,
-                    encryption_context: context,
-                })
-            }
+            Some(policy) => policy.evaluate(&request),
             None => Decision::ImplicitDeny,
+        };
+        // Grants add permissions where the policy is silent; an explicit Deny still wins.
+        let decision = match decision {
+            Decision::ImplicitDeny
+                if target
+                    .grants()
+                    .iter()
+                    .any(|g| grant_ok(g) && policy::grant_allows(g, &request)) =>
+            {
+                Decision::Allow
+            }
+            other => other,
         };
         match decision {
             Decision::Allow => Ok(target),
             denied => {
                 let why = match denied {
                     Decision::ExplicitDeny(_) => "with an explicit deny in a resource-based policy",
-                    _ => "because no resource-based policy allows the action",
+                    _ => "because no resource-based policy or grant allows the action",
                 };
                 let error = keystore::Error::new(
                     ErrorKind::AccessDenied,

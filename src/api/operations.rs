@@ -21,7 +21,7 @@ const MAX_PLAINTEXT: usize = 4096;
 /// The largest Sign/Verify/MAC message.
 const MAX_MESSAGE: usize = 4096;
 /// At most this many grant tokens per request.
-const MAX_GRANT_TOKENS: usize = 10;
+pub(super) const MAX_GRANT_TOKENS: usize = 10;
 
 /// An operation kagi serves.
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +101,11 @@ operations! {
     Verify => Asymmetric, verify;
     GetPublicKey => Asymmetric, get_public_key;
     DeriveSharedSecret => Asymmetric, derive_shared_secret;
+    CreateGrant => Management, create_grant;
+    ListGrants => Management, list_grants;
+    ListRetirableGrants => Management, list_retirable_grants;
+    RetireGrant => Management, retire_grant;
+    RevokeGrant => Management, revoke_grant;
 }
 
 const ENCRYPTION_ALGORITHMS: &[&str] =
@@ -171,7 +176,7 @@ fn refuse_recipient(input: &Input) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn page<T>(page: Page<T>, field: &str, item: impl Fn(&T) -> Value) -> Value {
+pub(super) fn page<T>(page: Page<T>, field: &str, item: impl Fn(&T) -> Value) -> Value {
     let mut out = json!({
         field: page.items.iter().map(item).collect::<Vec<_>>(),
         "Truncated": page.next_marker.is_some(),
@@ -182,7 +187,10 @@ fn page<T>(page: Page<T>, field: &str, item: impl Fn(&T) -> Value) -> Value {
     out
 }
 
-fn limit_and_marker(input: &Input, max: u32) -> Result<(Option<u32>, Option<&str>), ApiError> {
+pub(super) fn limit_and_marker(
+    input: &Input,
+    max: u32,
+) -> Result<(Option<u32>, Option<&str>), ApiError> {
     let limit = input.opt_u32("Limit", 1, max)?;
     let marker = input.opt_str("Marker")?;
     if let Some(marker) = marker
@@ -193,7 +201,7 @@ fn limit_and_marker(input: &Input, max: u32) -> Result<(Option<u32>, Option<&str
     Ok((limit, marker))
 }
 
-fn dry_run_error() -> ApiError {
+pub(super) fn dry_run_error() -> ApiError {
     ApiError::new(
         "DryRunOperationException",
         412,
@@ -203,7 +211,7 @@ fn dry_run_error() -> ApiError {
 
 impl Api {
     /// Authorizes, then stops a dry run.
-    async fn allow(
+    pub(super) async fn allow(
         &self,
         call: &mut Call<'_>,
         action: &str,

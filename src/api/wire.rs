@@ -230,6 +230,18 @@ impl Input {
             .ok_or_else(|| Self::wrong_type(name, "a map of strings"))
     }
 
+    /// An optional structure member, as members of its own.
+    ///
+    /// # Errors
+    /// SerializationException when it is not an object.
+    pub fn opt_struct(&self, name: &str) -> Result<Option<Self>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Self(map.clone()))),
+            Some(_) => Err(Self::wrong_type(name, "a structure")),
+        }
+    }
+
     /// Optional tags: `[{"TagKey": …, "TagValue": …}]`.
     ///
     /// # Errors

@@ -2,9 +2,12 @@
 //! the key policy operations (GetKeyPolicy, PutKeyPolicy). Policy *evaluation* lives in
 //! `crate::policy`; the keystore only stores the document.
 
+use std::sync::Arc;
+
 use super::ciphertext::BlobHeader;
+use super::key::GrantRecord;
 use super::lifecycle::OperationClass;
-use super::{Error, Keystore, OpContext};
+use super::{Error, Keystore, LoadedKey, OpContext};
 
 /// The key a request targets, as authorization sees it.
 #[derive(Clone, Debug)]
@@ -17,6 +20,15 @@ pub struct AccessTarget {
     pub revision: u64,
     /// The key policy document.
     pub policy: String,
+    /// The key as loaded, for its grants (shared with the cache, not copied per call).
+    key: Arc<LoadedKey>,
+}
+
+impl AccessTarget {
+    /// The key's grants, as of this request.
+    pub fn grants(&self) -> &[GrantRecord] {
+        &self.key.record.grants
+    }
 }
 
 impl Keystore {
@@ -37,6 +49,7 @@ impl Keystore {
             arn: key.arn.clone(),
             revision: key.record.revision,
             policy: key.record.policy.clone(),
+            key: Arc::clone(&key),
         })
     }
 

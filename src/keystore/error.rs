@@ -28,6 +28,10 @@ pub enum ErrorKind {
     InvalidArn,
     /// `InvalidCiphertextException`: anything that does not authenticate. Uniform on purpose.
     InvalidCiphertext,
+    /// `InvalidGrantIdException`: a grant id that names no grant of the key.
+    InvalidGrantId,
+    /// `InvalidGrantTokenException`: a grant token kagi did not issue, or whose grant is gone.
+    InvalidGrantToken,
     /// `InvalidImportTokenException`.
     InvalidImportToken,
     /// `InvalidKeyUsageException`: wrong usage or algorithm for this key.
@@ -73,6 +77,8 @@ impl ErrorKind {
             Self::InvalidAliasName => "InvalidAliasNameException",
             Self::InvalidArn => "InvalidArnException",
             Self::InvalidCiphertext => "InvalidCiphertextException",
+            Self::InvalidGrantId => "InvalidGrantIdException",
+            Self::InvalidGrantToken => "InvalidGrantTokenException",
             Self::InvalidImportToken => "InvalidImportTokenException",
             Self::InvalidKeyUsage => "InvalidKeyUsageException",
             Self::InvalidMarker => "InvalidMarkerException",

@@ -291,6 +291,9 @@ pub struct KeyRecord {
     pub policy: String,
     /// The version that encrypts, signs and MACs (0 while no material exists).
     pub current_version: u32,
+    /// The key's grants (CreateGrant), oldest first; retired and revoked grants are removed.
+    #[serde(default)]
+    pub grants: Vec<GrantRecord>,
 }
 
 /// Where a key version stands (KMS `KeyMaterialState`).
@@ -381,4 +384,199 @@ pub struct ImportTokenRecord {
     pub sealed_wrapping_key: Vec<u8>,
     /// When the token stops being accepted.
     pub expires: UnixSeconds,
+}
+
+/// An operation a grant can permit (KMS `GrantOperation`), spelled as AWS spells it.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+pub enum GrantOperation {
+    /// Decrypt.
+    Decrypt,
+    /// Encrypt.
+    Encrypt,
+    /// GenerateDataKey.
+    GenerateDataKey,
+    /// GenerateDataKeyWithoutPlaintext.
+    GenerateDataKeyWithoutPlaintext,
+    /// ReEncrypt, the key as source.
+    ReEncryptFrom,
+    /// ReEncrypt, the key as destination.
+    ReEncryptTo,
+    /// Sign.
+    Sign,
+    /// Verify.
+    Verify,
+    /// GetPublicKey.
+    GetPublicKey,
+    /// CreateGrant (no wider than the grant that permits it).
+    CreateGrant,
+    /// RetireGrant (of this grant).
+    RetireGrant,
+    /// DescribeKey.
+    DescribeKey,
+    /// GenerateDataKeyPair.
+    GenerateDataKeyPair,
+    /// GenerateDataKeyPairWithoutPlaintext.
+    GenerateDataKeyPairWithoutPlaintext,
+    /// GenerateMac.
+    GenerateMac,
+    /// VerifyMac.
+    VerifyMac,
+    /// DeriveSharedSecret.
+    DeriveSharedSecret,
+}
+
+impl GrantOperation {
+    /// Every grant operation, in the model's order.
+    pub const ALL: [Self; 17] = [
+        Self::Decrypt,
+        Self::Encrypt,
+        Self::GenerateDataKey,
+        Self::GenerateDataKeyWithoutPlaintext,
+        Self::ReEncryptFrom,
+        Self::ReEncryptTo,
+        Self::Sign,
+        Self::Verify,
+        Self::GetPublicKey,
+        Self::CreateGrant,
+        Self::RetireGrant,
+        Self::DescribeKey,
+        Self::GenerateDataKeyPair,
+        Self::GenerateDataKeyPairWithoutPlaintext,
+        Self::GenerateMac,
+        Self::VerifyMac,
+        Self::DeriveSharedSecret,
+    ];
+
+    /// The AWS KMS name (also the action without its `kms:` prefix).
+    pub fn kms_name(self) -> &'static str {
+        match self {
+            Self::Decrypt => "Decrypt",
+            Self::Encrypt => "Encrypt",
+            Self::GenerateDataKey => "GenerateDataKey",
+            Self::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            Self::ReEncryptFrom => "ReEncryptFrom",
+            Self::ReEncryptTo => "ReEncryptTo",
+            Self::Sign => "Sign",
+            Self::Verify => "Verify",
+            Self::GetPublicKey => "GetPublicKey",
+            Self::CreateGrant => "CreateGrant",
+            Self::RetireGrant => "RetireGrant",
+            Self::DescribeKey => "DescribeKey",
+            Self::GenerateDataKeyPair => "GenerateDataKeyPair",
+            Self::GenerateDataKeyPairWithoutPlaintext => "GenerateDataKeyPairWithoutPlaintext",
+            Self::GenerateMac => "GenerateMac",
+            Self::VerifyMac => "VerifyMac",
+            Self::DeriveSharedSecret => "DeriveSharedSecret",
+        }
+    }
+
+    /// Parses an AWS KMS name.
+    pub fn from_kms_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.kms_name() == name)
+    }
+
+    /// Whether the operation takes an encryption context (so encryption context constraints
+    /// apply to it).
+    pub fn takes_encryption_context(self) -> bool {
+        matches!(
+            self,
+            Self::Decrypt
+                | Self::Encrypt
+                | Self::GenerateDataKey
+                | Self::GenerateDataKeyWithoutPlaintext
+                | Self::ReEncryptFrom
+                | Self::ReEncryptTo
+                | Self::GenerateDataKeyPair
+                | Self::GenerateDataKeyPairWithoutPlaintext
+        )
+    }
+
+    /// Whether the operation concerns the grant or the key's metadata rather than its
+    /// cryptography (any key may grant it; encryption context constraints do not apply).
+    pub fn is_key_independent(self) -> bool {
+        matches!(self, Self::CreateGrant | Self::RetireGrant | Self::DescribeKey)
+    }
+
+    /// Whether a key of `spec` and `usage` supports the operation.
+    pub fn fits(self, spec: KeySpec, usage: KeyUsage) -> bool {
+        if self.is_key_independent() {
+            return true;
+        }
+        match (spec, usage) {
+            (KeySpec::SymmetricDefault, _) => self.takes_encryption_context(),
+            (_, KeyUsage::EncryptDecrypt) => matches!(
+                self,
+                Self::Encrypt
+                    | Self::Decrypt
+                    | Self::ReEncryptFrom
+                    | Self::ReEncryptTo
+                    | Self::GetPublicKey
+            ),
+            (_, KeyUsage::SignVerify) => {
+                matches!(self, Self::Sign | Self::Verify | Self::GetPublicKey)
+            }
+            (_, KeyUsage::GenerateVerifyMac) => matches!(self, Self::GenerateMac | Self::VerifyMac),
+            (_, KeyUsage::KeyAgreement) => {
+                matches!(self, Self::DeriveSharedSecret | Self::GetPublicKey)
+            }
+        }
+    }
+}
+
+impl fmt::Display for GrantOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kms_name())
+    }
+}
+
+/// A grant's encryption context constraints (KMS `GrantConstraints`).
+#[derive(Clone, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
+pub struct GrantConstraints {
+    /// The request's encryption context must equal this one exactly.
+    #[serde(default)]
+    pub encryption_context_equals: Option<BTreeMap<String, String>>,
+    /// The request's encryption context must contain every pair of this one.
+    #[serde(default)]
+    pub encryption_context_subset: Option<BTreeMap<String, String>>,
+}
+
+impl GrantConstraints {
+    /// Whether there is no constraint at all.
+    pub fn is_empty(&self) -> bool {
+        self.encryption_context_equals.is_none() && self.encryption_context_subset.is_none()
+    }
+}
+
+/// A grant as persisted in its key's record.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct GrantRecord {
+    /// 64 hex digits, unique per key.
+    pub grant_id: String,
+    /// The friendly name, which makes CreateGrant idempotent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Who may use the grant (an IAM ARN or an account).
+    pub grantee_principal: String,
+    /// Who may retire the grant besides the account and (with RetireGrant) the grantee.
+    #[serde(default)]
+    pub retiring_principal: Option<String>,
+    /// The operations the grant permits, as given (without duplicates).
+    pub operations: Vec<GrantOperation>,
+    /// Encryption context constraints, if any.
+    #[serde(default)]
+    pub constraints: Option<GrantConstraints>,
+    /// When it was created.
+    pub created: UnixSeconds,
+    /// The account it was created in.
+    pub issuing_account: String,
+    /// The ARN of the principal that created it.
+    #[serde(default)]
+    pub issuing_principal: String,
+}
+
+impl GrantRecord {
+    /// Whether the grant permits `operation`.
+    pub fn permits(&self, operation: GrantOperation) -> bool {
+        self.operations.contains(&operation)
+    }
 }

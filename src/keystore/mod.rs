@@ -14,6 +14,7 @@
 //! | cryptography | `encrypt` … `derive_shared_secret` | `operations.rs` |
 //! | rotation and the sweeper | `enable_key_rotation` … `sweep` | `rotation.rs` |
 //! | imported material | `get_parameters_for_import` … `delete_imported_key_material` | `import.rs` |
+//! | grants | `create_grant` … `revoke_grant`, `check_grant_tokens` | `grants.rs` |
 //!
 //! # Caching
 //!
@@ -25,6 +26,7 @@ mod access;
 pub mod ciphertext;
 pub mod clock;
 mod error;
+pub mod grants;
 pub mod import;
 pub mod key;
 pub mod lifecycle;
@@ -42,8 +44,11 @@ use std::sync::{Arc, RwLock};
 pub use access::AccessTarget;
 pub use ciphertext::EncryptionContext;
 pub use error::{Error, ErrorKind};
+pub use grants::{CreatedGrant, GrantEntry, GrantRef, NewGrant, Retirer};
 pub use import::{ImportParameters, ImportRequest, ImportType, WrappingAlgorithm};
-pub use key::{KeySpec, KeyState, KeyUsage, Origin, UnixSeconds};
+pub use key::{
+    GrantConstraints, GrantOperation, GrantRecord, KeySpec, KeyState, KeyUsage, Origin, UnixSeconds,
+};
 pub use operations::{
     DataKey, DataKeyPair, DataKeySize, DecryptOutput, EncryptOutput, EncryptionAlgorithm,
     ReEncryptOutput,
@@ -367,6 +372,7 @@ impl Keystore {
             tags,
             policy,
             current_version: 0,
+            grants: Vec::new(),
         };
         let mut versions = Vec::new();
         if origin == Origin::AwsKms {

@@ -1901,8 +1901,7 @@ async fn import_key_material() {
     h.clock.advance(1);
     assert_err(h.decrypt(&blob1, &no_context()).await, ErrorKind::InvalidState);
     assert_err(
-        h.ks.encrypt(&ctx(), &id, b"x", &no_context(), EncryptionAlgorithm::SymmetricDefault)
-            .await,
+        h.ks.encrypt(&ctx(), &id, b"x", &no_context(), EncryptionAlgorithm::SymmetricDefault).await,
         ErrorKind::InvalidState,
     );
 
@@ -2931,3 +2930,5 @@ async fn sweep_racing_cancel_key_deletion() {
     let plaintext = ks.decrypt(&ctx(), &blob, &no_context(), None, None).await.expect("decrypt");
     assert_eq!(plaintext.plaintext.expose_secret(), b"keep me");
 }
+
+mod grants;

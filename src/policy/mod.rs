@@ -6,7 +6,12 @@
 //! with the string operators; any other key or operator fails safe (an Allow carrying it never
 //! matches, a Deny carrying it always does) and is reported by [`Policy::unevaluated`].
 
+mod grant;
 pub mod quota;
+
+pub use grant::{
+    constraints_hold, grant_allows, grant_covers, grant_principal_matches, may_retire,
+};
 
 use std::collections::BTreeMap;
 
