@@ -212,6 +212,8 @@ impl Api {
     ) -> Result<(), ApiError> {
         self.authorize(call, action, key_ref, context).await?;
         if call.dry_run {
+            // Only a request that would succeed is a successful dry run.
+            self.keystore.check_usable(key_ref).await?;
             return Err(dry_run_error());
         }
         Ok(())

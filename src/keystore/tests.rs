@@ -1314,6 +1314,20 @@ async fn disable_and_enable() {
 }
 
 #[tokio::test]
+async fn check_usable_follows_the_state() {
+    let h = harness();
+    let id = h.symmetric().await;
+    h.ks.check_usable(&id).await.expect("an enabled key is usable");
+    h.ks.disable_key(&ctx(), &id).await.expect("disable");
+    assert_err(h.ks.check_usable(&id).await, ErrorKind::Disabled);
+    h.ks.schedule_key_deletion(&ctx(), &id, Some(7)).await.expect("schedule");
+    assert_err(h.ks.check_usable(&id).await, ErrorKind::InvalidState);
+    let external = h.external().await;
+    assert_err(h.ks.check_usable(&external).await, ErrorKind::InvalidState);
+    assert_err(h.ks.check_usable("alias/none").await, ErrorKind::NotFound);
+}
+
+#[tokio::test]
 async fn deletion_window_cancel_and_sweep() {
     let h = harness();
     let keys = CryptoKeys::new(&h).await;
