@@ -813,7 +813,13 @@ async fn keys(
             }
             RotationCommand::List { key } => {
                 let page = keystore
-                    .list_key_rotations(ctx, &key, Some(1000), None)
+                    .list_key_rotations(
+                        ctx,
+                        &key,
+                        keystore::IncludeKeyMaterial::AllKeyMaterial,
+                        Some(1000),
+                        None,
+                    )
                     .await
                     .map_err(keystore_error)?;
                 let rotations: Vec<Value> = page

@@ -8,8 +8,8 @@ use super::{Api, ApiError, Call};
 use crate::crypto::{KeyPairSpec, MacAlgorithm, SigningAlgorithm};
 use crate::keystore::operations::{DataKeySize, EncryptionAlgorithm, MessageType};
 use crate::keystore::{
-    CreateKeyRequest, EncryptionContext, ImportRequest, ImportType, KeySpec, KeyUsage, Origin,
-    Page, WrappingAlgorithm,
+    CreateKeyRequest, EncryptionContext, ImportRequest, ImportType, IncludeKeyMaterial, KeySpec,
+    KeyUsage, Origin, Page, WrappingAlgorithm,
 };
 use crate::policy::quota::OperationClass;
 use crate::policy::{self, Decision, Policy};
@@ -220,6 +220,8 @@ impl Api {
     ) -> Result<(), ApiError> {
         self.authorize(call, action, key_ref, context).await?;
         if call.dry_run {
+            // Only a request that would succeed is a successful dry run.
+            self.keystore.check_usable(key_ref).await?;
             return Err(dry_run_error());
         }
         Ok(())
@@ -600,9 +602,16 @@ impl Api {
         input: Input,
     ) -> Result<Value, ApiError> {
         let (limit, marker) = limit_and_marker(&input, 1000)?;
+        let include = input
+            .opt_enum(
+                "IncludeKeyMaterial",
+                IncludeKeyMaterial::from_kms_name,
+                &["ALL_KEY_MATERIAL", "ROTATIONS_ONLY"],
+            )?
+            .unwrap_or_default();
         let key_ref = self.manage(call, &input, "kms:ListKeyRotations").await?;
         let rotations =
-            self.keystore.list_key_rotations(&call.ctx, &key_ref, limit, marker).await?;
+            self.keystore.list_key_rotations(&call.ctx, &key_ref, include, limit, marker).await?;
         Ok(page(rotations, "Rotations", |entry| {
             let version = &entry.version;
             let mut out = json!({

@@ -143,9 +143,7 @@ impl Config {
             line: None,
             message: error.to_string(),
         })?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))
-            .unwrap_or_else(|_| PathBuf::from("."));
-        Self::parse(&text, &path.display().to_string(), &base)
+        Self::parse(&text, &path.display().to_string(), &base_dir(path))
     }
 
     /// The embedded default configuration, with relative paths under `base`.
@@ -371,6 +369,13 @@ impl Builder<'_> {
             account_actions: raw.account_actions.unwrap_or_default(),
         })
     }
+}
+
+/// The absolute directory relative paths in the configuration file at `path` resolve against:
+/// the file's own (for a bare file name, whose parent is "", the current directory).
+fn base_dir(path: &Path) -> PathBuf {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned())
 }
 
 /// The 1-based line of byte `offset` in `text`.

@@ -26,6 +26,17 @@ fn the_embedded_default_is_valid() {
 }
 
 #[test]
+fn relative_paths_resolve_against_the_files_directory() {
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(base_dir(Path::new("/etc/kagi/kagi.toml")), Path::new("/etc/kagi"));
+    assert_eq!(base_dir(Path::new("conf/kagi.toml")), cwd.join("conf"));
+    // A bare file name: its parent is "", which must mean the current directory, so that the
+    // data directory (and the CA bundle path in the ready file) come out absolute.
+    assert_eq!(base_dir(Path::new("kagi.toml")), cwd);
+    assert!(base_dir(Path::new("kagi.toml")).is_absolute());
+}
+
+#[test]
 fn a_minimal_file_takes_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.data_dir, Path::new("/etc/kagi/data"));

@@ -53,6 +53,18 @@ impl Keystore {
         })
     }
 
+    /// Whether the key `key_ref` names is in a state to encrypt, sign or MAC: what a dry run
+    /// checks beyond authorization, so it answers DryRunOperationException only for a request
+    /// that would succeed.
+    ///
+    /// # Errors
+    /// NotFoundException; DisabledException or KMSInvalidStateException as the key's state
+    /// gives.
+    pub async fn check_usable(&self, key_ref: &str) -> Result<(), Error> {
+        let key = self.resolve(key_ref, true).await?;
+        self.check_loaded_usable(&key)
+    }
+
     /// The key id a kagi ciphertext blob names, if it parses (not yet authenticated).
     pub fn ciphertext_key_id(blob: &[u8]) -> Option<String> {
         BlobHeader::decode(blob)

@@ -54,7 +54,7 @@ pub use operations::{
     ReEncryptOutput,
 };
 pub use root::{RootKey, RootKeySource};
-pub use rotation::{RotationEntry, RotationStatus, SweepReport};
+pub use rotation::{IncludeKeyMaterial, RotationEntry, RotationStatus, SweepReport};
 
 use crate::audit::AuditSink;
 use crate::crypto::{AesKey, CryptoBackend, PrivateKey, PublicKey, SecretBytes};

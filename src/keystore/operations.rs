@@ -316,7 +316,7 @@ impl Keystore {
             ErrorKind::NotFound => Error::invalid_ciphertext(),
             _ => error,
         })?;
-        self.check_usable(&key)?;
+        self.check_loaded_usable(&key)?;
         if key.record.spec != KeySpec::SymmetricDefault {
             return Err(Error::invalid_ciphertext());
         }
@@ -565,7 +565,7 @@ impl Keystore {
     ) -> Result<PublicKeyInfo, Error> {
         let outcome = async {
             let key = self.resolve(key_ref, true).await?;
-            self.check_usable(&key)?;
+            self.check_loaded_usable(&key)?;
             let Some(Material::Pair(pair)) = &current(&key)?.material else {
                 return Err(Error::new(
                     ErrorKind::UnsupportedOperation,
@@ -664,7 +664,7 @@ impl Keystore {
     /// Whether `key` may be used for cryptography now: its state allows it, and no imported
     /// material has expired (the sweeper then makes the key PendingImport; until it runs, the
     /// expired material is refused here, so expiry takes effect on the second).
-    fn check_usable(&self, key: &LoadedKey) -> Result<(), Error> {
+    pub(crate) fn check_loaded_usable(&self, key: &LoadedKey) -> Result<(), Error> {
         lifecycle::check(OperationClass::Cryptographic, &key.record, &key.arn)?;
         let now = self.now();
         if key
@@ -682,7 +682,7 @@ impl Keystore {
 
     async fn crypto_key(&self, key_ref: &str, usage: KeyUsage) -> Result<Arc<LoadedKey>, Error> {
         let key = self.resolve(key_ref, true).await?;
-        self.check_usable(&key)?;
+        self.check_loaded_usable(&key)?;
         if key.record.usage != usage {
             return Err(Error::new(
                 ErrorKind::InvalidKeyUsage,

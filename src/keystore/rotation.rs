@@ -43,6 +43,32 @@ pub struct RotationEntry {
     pub imported: bool,
 }
 
+/// Which versions ListKeyRotations lists (its `IncludeKeyMaterial`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum IncludeKeyMaterial {
+    /// `ROTATIONS_ONLY`, AWS's default: the versions a rotation made current.
+    #[default]
+    RotationsOnly,
+    /// `ALL_KEY_MATERIAL`: also the first material and imported material pending rotation.
+    AllKeyMaterial,
+}
+
+impl IncludeKeyMaterial {
+    /// The value of a KMS name.
+    pub fn from_kms_name(name: &str) -> Option<Self> {
+        match name {
+            "ROTATIONS_ONLY" => Some(Self::RotationsOnly),
+            "ALL_KEY_MATERIAL" => Some(Self::AllKeyMaterial),
+            _ => None,
+        }
+    }
+
+    fn includes(self, version: &VersionRecord) -> bool {
+        self == Self::AllKeyMaterial
+            || (version.rotation_type.is_some() && version.state != VersionState::PendingRotation)
+    }
+}
+
 /// What one sweep did.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct SweepReport {
@@ -198,7 +224,7 @@ impl Keystore {
         trail.finish_key(outcome, |arn| arn).await
     }
 
-    /// ListKeyRotations: every version, oldest first, paginated.
+    /// ListKeyRotations: the versions `include` selects, oldest first, paginated.
     ///
     /// # Errors
     /// UnsupportedOperationException for keys that cannot rotate; InvalidMarkerException.
@@ -206,6 +232,7 @@ impl Keystore {
         &self,
         ctx: &OpContext,
         key_ref: &str,
+        include: IncludeKeyMaterial,
         limit: Option<u32>,
         marker: Option<&str>,
     ) -> Result<super::Page<RotationEntry>, Error> {
@@ -220,6 +247,7 @@ impl Keystore {
                 .versions(&key.record.id)
                 .await?
                 .into_iter()
+                .filter(|version| include.includes(version))
                 .map(|version| {
                     (
                         format!("{:010}", version.version),

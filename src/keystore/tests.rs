@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::clock::ManualClock;
 use super::key::{AliasRecord, ImportTokenRecord, KeyRecord, RotationType, VersionRecord};
 use super::operations::{MAX_PLAINTEXT, MessageType};
-use super::rotation::MAX_ON_DEMAND_ROTATIONS;
+use super::rotation::{IncludeKeyMaterial, MAX_ON_DEMAND_ROTATIONS};
 use super::store::{AliasWrite, KeyUpdate, SqliteStore, Store, StoreFuture};
 use super::*;
 use crate::audit::{AuditError, AuditEvent, AuditFuture, AuditSink, Outcome};
@@ -155,7 +155,13 @@ impl Harness {
 
     async fn rotations(&self, key_id: &str) -> Vec<RotationEntry> {
         self.ks
-            .list_key_rotations(&ctx(), key_id, Some(1000), None)
+            .list_key_rotations(
+                &ctx(),
+                key_id,
+                IncludeKeyMaterial::AllKeyMaterial,
+                Some(1000),
+                None,
+            )
             .await
             .expect("list_key_rotations")
             .items
@@ -1310,6 +1316,20 @@ async fn disable_and_enable() {
 }
 
 #[tokio::test]
+async fn check_usable_follows_the_state() {
+    let h = harness();
+    let id = h.symmetric().await;
+    h.ks.check_usable(&id).await.expect("an enabled key is usable");
+    h.ks.disable_key(&ctx(), &id).await.expect("disable");
+    assert_err(h.ks.check_usable(&id).await, ErrorKind::Disabled);
+    h.ks.schedule_key_deletion(&ctx(), &id, Some(7)).await.expect("schedule");
+    assert_err(h.ks.check_usable(&id).await, ErrorKind::InvalidState);
+    let external = h.external().await;
+    assert_err(h.ks.check_usable(&external).await, ErrorKind::InvalidState);
+    assert_err(h.ks.check_usable("alias/none").await, ErrorKind::NotFound);
+}
+
+#[tokio::test]
 async fn deletion_window_cancel_and_sweep() {
     let h = harness();
     let keys = CryptoKeys::new(&h).await;
@@ -1485,7 +1505,7 @@ async fn automatic_rotation() {
         assert_err(h.ks.rotate_key_on_demand(&ctx(), key).await, ErrorKind::UnsupportedOperation);
         assert_err(h.ks.key_rotation_status(&ctx(), key).await, ErrorKind::UnsupportedOperation);
         assert_err(
-            h.ks.list_key_rotations(&ctx(), key, None, None).await,
+            h.ks.list_key_rotations(&ctx(), key, IncludeKeyMaterial::default(), None, None).await,
             ErrorKind::UnsupportedOperation,
         );
     }
@@ -1531,11 +1551,14 @@ async fn on_demand_rotation_limit_and_versions() {
     assert!(rotations.iter().all(|r| !r.imported && r.key_arn == meta.arn));
     assert_eq!(meta.current_material_id.as_ref(), Some(&rotations[25].version.material_id));
     // Paginated.
+    let all = IncludeKeyMaterial::AllKeyMaterial;
     let mut marker: Option<String> = None;
     let mut walked = Vec::new();
     loop {
         let page =
-            h.ks.list_key_rotations(&ctx(), &id, Some(10), marker.as_deref()).await.expect("page");
+            h.ks.list_key_rotations(&ctx(), &id, all, Some(10), marker.as_deref())
+                .await
+                .expect("page");
         walked.extend(page.items.into_iter().map(|r| r.version.version));
         match page.next_marker {
             Some(next) => marker = Some(next),
@@ -1543,6 +1566,13 @@ async fn on_demand_rotation_limit_and_versions() {
         }
     }
     assert_eq!(walked, (1..=26).collect::<Vec<_>>());
+    // By default (ROTATIONS_ONLY) the first material is not a rotation.
+    let page =
+        h.ks.list_key_rotations(&ctx(), &id, IncludeKeyMaterial::default(), None, None)
+            .await
+            .expect("rotations only");
+    let versions: Vec<u32> = page.items.iter().map(|r| r.version.version).collect();
+    assert_eq!(versions, (2..=26).collect::<Vec<_>>());
     // Automatic rotation is not capped by the on-demand limit.
     h.ks.enable_key_rotation(&ctx(), &id, Some(90)).await.expect("enable");
     h.clock.advance(90 * DAY);
@@ -1954,7 +1984,20 @@ async fn import_key_material() {
     assert_eq!(staged.len(), 2);
     assert_eq!(staged[1].version.state, VersionState::PendingRotation);
     assert!(staged.iter().all(|r| r.imported));
+    let rotations_only = |h: &Harness, id: &str| {
+        let (ks, id) = (Arc::clone(&h.ks), id.to_owned());
+        async move {
+            let page = ks
+                .list_key_rotations(&ctx(), &id, IncludeKeyMaterial::default(), None, None)
+                .await
+                .expect("rotations only");
+            page.items.iter().map(|r| r.version.version).collect::<Vec<_>>()
+        }
+    };
+    // Neither the first material nor staged material is a rotation.
+    assert_eq!(rotations_only(&h, &id).await, Vec::<u32>::new());
     h.ks.rotate_key_on_demand(&ctx(), &id).await.expect("rotate to new material");
+    assert_eq!(rotations_only(&h, &id).await, vec![2]);
     check_versions_consistent(&h, &id, 2).await;
     let blob2 = h.encrypt(&id, b"after rotation", &no_context()).await;
     assert_eq!(blob_version(&blob2), 2);

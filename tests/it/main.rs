@@ -22,6 +22,10 @@ mod support;
 // The `kagi` command line end to end: every command, state transition and refusal.
 mod cli;
 
+// `kagi serve` driven over HTTPS by real AWS tooling: boto3 through every operation, the AWS CLI
+// and the AWS Encryption SDK (Python scripts in tests/py, run from a virtualenv made on demand).
+mod api;
+
 // `kill -9` of concurrent `kagi` processes at an arbitrary moment: every operation that reported
 // success survives, and the keystore stays whole.
 #[cfg(unix)]

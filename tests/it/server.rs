@@ -1,116 +1,19 @@
 //! `kagi serve` driven by kagi's own client: HTTP/2 and HTTP/1.1, SigV4 refusals, protocol
 //! errors, the admin listener, and shutdown on SIGTERM.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 
 use bytes::Bytes;
-use kagi::api::client::{CallError, Client, Credentials, HttpVersion, tls_config};
-use kagi::crypto::SecretBytes;
+use kagi::api::client::{CallError, HttpVersion};
 use serde_json::{Value, json};
 
-pub(crate) const ADMIN_KEY: &str = "AKIAKAGITESTADMIN000";
-pub(crate) const ADMIN_SECRET: &str = "admin-secret-0123456789";
+use crate::support::server::{ADMIN, Server};
 
-/// A running `kagi serve` in a temporary directory; killed on drop.
-pub(crate) struct Server {
-    dir: tempfile::TempDir,
-    child: Child,
-    pub(crate) api: String,
-    pub(crate) admin: String,
-    pub(crate) ca_bundle: PathBuf,
-}
+const ADMIN_KEY: &str = ADMIN.access_key_id;
+const ADMIN_SECRET: &str = ADMIN.secret;
 
-impl Server {
-    /// Starts a server whose config is the minimal one plus `extra` TOML.
-    pub(crate) fn start(extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = format!(
-            "[keystore]\ndata_dir = \"data\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n[[principals]]\nname = \"admin\"\n\
-             access_key_id = \"{ADMIN_KEY}\"\nsecret = \"{ADMIN_SECRET}\"\nadministrator = true\n\
-             {extra}"
-        );
-        std::fs::write(dir.path().join("kagi.toml"), config).expect("config");
-        let ready = dir.path().join("ready.json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kagi"))
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.path().join("kagi.toml"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .env_remove("KAGI_FAKE_NOW")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kagi serve starts");
-        // The ready file appears once both listeners are up; the server exiting first fails.
-        let text = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                break text;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).ok();
-                panic!("kagi serve exited with {status}: {stderr}");
-            }
-            std::thread::yield_now();
-        };
-        let ready: Value = serde_json::from_str(&text).expect("ready file is JSON");
-        Self {
-            api: ready["api"].as_str().unwrap().to_owned(),
-            admin: ready["admin"].as_str().unwrap().to_owned(),
-            ca_bundle: PathBuf::from(ready["ca_bundle"].as_str().unwrap()),
-            dir,
-            child,
-        }
-    }
-
-    /// A client connected as `access_key_id`/`secret` over `version`.
-    pub(crate) async fn client_as(
-        &self,
-        version: HttpVersion,
-        access_key_id: &str,
-        secret: &str,
-    ) -> Client {
-        let tls = Arc::new(tls_config(&self.ca_bundle, version).expect("CA bundle"));
-        let credentials = Arc::new(Credentials {
-            access_key_id: access_key_id.to_owned(),
-            secret: SecretBytes::from_slice(secret.as_bytes()),
-            region: "us-east-1".to_owned(),
-        });
-        Client::connect(&self.api, "localhost", tls, version, credentials).await.expect("connects")
-    }
-
-    pub(crate) async fn client(&self, version: HttpVersion) -> Client {
-        self.client_as(version, ADMIN_KEY, ADMIN_SECRET).await
-    }
-
-    /// The data directory.
-    pub(crate) fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Stops the server at once (SIGKILL), keeping its directory.
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits; returns whether the server exited successfully.
-    pub(crate) fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-        self.child.wait().expect("server exits").success()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start() -> Server {
+    Server::start(&[ADMIN], "")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -126,10 +29,10 @@ fn api_error(result: Result<Value, CallError>) -> (u16, String, Option<String>) 
 
 #[test]
 fn both_http_versions_serve_the_api() {
-    let server = Server::start("");
+    let server = start();
     runtime().block_on(async {
         for version in [HttpVersion::Http2, HttpVersion::Http1] {
-            let mut client = server.client(version).await;
+            let mut client = server.client(version, &ADMIN).await;
             let key = client.call("CreateKey", &json!({"Description": "h2"})).await.unwrap();
             let key_id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
             // Several requests on one connection (HTTP/2 streams, HTTP/1.1 keep-alive).
@@ -163,19 +66,20 @@ fn kagi_b64(bytes: &[u8]) -> String {
 
 #[test]
 fn authentication_is_checked_first() {
-    let server = Server::start("");
+    let server = start();
     runtime().block_on(async {
         for version in [HttpVersion::Http2, HttpVersion::Http1] {
             let mut wrong_secret =
-                server.client_as(version, ADMIN_KEY, "not-the-secret-0000").await;
+                server.client_with(version, ADMIN_KEY, "not-the-secret-0000").await;
             let (status, code, header) = api_error(wrong_secret.call("ListKeys", &json!({})).await);
             assert_eq!((status, code.as_str()), (400, "InvalidSignatureException"));
             assert_eq!(header.as_deref(), Some("InvalidSignatureException"));
-            let mut unknown = server.client_as(version, "AKIAUNKNOWN000000000", ADMIN_SECRET).await;
+            let mut unknown =
+                server.client_with(version, "AKIAUNKNOWN000000000", ADMIN_SECRET).await;
             let (_, code, _) = api_error(unknown.call("ListKeys", &json!({})).await);
             assert_eq!(code, "UnrecognizedClientException");
             // Unsigned: refused before the operation is even looked at.
-            let mut client = server.client(version).await;
+            let mut client = server.client(version, &ADMIN).await;
             let response =
                 client.send_raw("NoSuchOperation", Bytes::from_static(b"{}"), false).await.unwrap();
             assert_eq!(response.status(), 403);
@@ -186,9 +90,9 @@ fn authentication_is_checked_first() {
 
 #[test]
 fn protocol_errors_are_400_with_the_aws_code() {
-    let server = Server::start("");
+    let server = start();
     runtime().block_on(async {
-        let mut client = server.client(HttpVersion::Http2).await;
+        let mut client = server.client(HttpVersion::Http2, &ADMIN).await;
         let cases: [(&str, &[u8], &str); 7] = [
             ("NoSuchOperation", b"{}", "UnknownOperationException"),
             ("ListKeys", b"{not json", "SerializationException"),
@@ -221,19 +125,19 @@ fn protocol_errors_are_400_with_the_aws_code() {
 
 #[test]
 fn metrics_count_requests_and_sigterm_drains() {
-    let server = Server::start("");
+    let server = start();
     runtime().block_on(async {
-        let mut client = server.client(HttpVersion::Http1).await;
+        let mut client = server.client(HttpVersion::Http1, &ADMIN).await;
         client.call("ListKeys", &json!({})).await.unwrap();
         let _ = client.call("DescribeKey", &json!({"KeyId": "alias/missing"})).await;
     });
-    let metrics = http_get(&server.admin, "/metrics");
+    let metrics = http_get(&server.ready.admin.to_string(), "/metrics");
     assert!(
         metrics.contains(r#"kagi_api_requests_total{operation="ListKeys",outcome="success"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"operation="DescribeKey",outcome="NotFoundException"} 1"#));
-    assert!(http_get(&server.admin, "/healthz").ends_with("ok\n"));
+    assert!(http_get(&server.ready.admin.to_string(), "/healthz").ends_with("ok\n"));
     assert!(server.data_dir().join("api-ca.pem").exists());
     assert!(server.terminate(), "kagi serve exits 0 on SIGTERM");
 }
@@ -271,7 +175,7 @@ fn kagi(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32
 
 #[test]
 fn the_command_line_goes_through_a_running_server() {
-    let mut server = Server::start("");
+    let mut server = start();
     let data_dir = server.data_dir();
     let admin = [("AWS_ACCESS_KEY_ID", ADMIN_KEY), ("AWS_SECRET_ACCESS_KEY", ADMIN_SECRET)];
     let (code, stdout, stderr) =
@@ -315,7 +219,7 @@ fn the_command_line_goes_through_a_running_server() {
     // A second server on the same directory is refused.
     let (code, _, stderr) = kagi(&data_dir, &["serve", "--config", "/nonexistent.toml"], &[]);
     assert_ne!(code, 0, "{stderr}");
-    let config = data_dir.parent().unwrap().join("kagi.toml");
+    let config = server.path("kagi.toml");
     let (code, _, stderr) = kagi(&data_dir, &["serve", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(code, 7, "{stderr}");
     assert!(stderr.contains("in use by another kagi"), "{stderr}");

@@ -1,4 +1,8 @@
-//! Test harness: a temporary data directory and the real `kagi` binary run against it.
+//! Test harness: a temporary data directory and the real `kagi` binary run against it; `kagi
+//! serve` started for a test ([`server`]) and the Python tools that drive it ([`python`]).
+
+pub(crate) mod python;
+pub(crate) mod server;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
