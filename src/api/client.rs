@@ -215,8 +215,17 @@ impl Client {
         Ok(Self { sender, uri, credentials, clock: unix_now })
     }
 
-    /// Sends `body` as operation `operation` with extra `headers`, signed; returns the raw
-    /// response (for tests that check headers and statuses).
+    /// Whether the connection can still carry requests (a server may close it after any
+    /// answer).
+    pub fn is_open(&self) -> bool {
+        match &self.sender {
+            Sender::Http1(sender) => !sender.is_closed(),
+            Sender::Http2(sender) => !sender.is_closed(),
+        }
+    }
+
+    /// Sends `body` as operation `operation`, signed or not; returns the raw response (for
+    /// tests that check headers and statuses).
     ///
     /// # Errors
     /// When the request cannot be sent or the answer not read.
@@ -226,9 +235,15 @@ impl Client {
         body: Bytes,
         sign: bool,
     ) -> Result<http::Response<Bytes>, ClientError> {
+        // HTTP/2 carries the scheme and authority as pseudo-headers; HTTP/1.1 takes the
+        // origin form (`/`) with a Host header.
+        let target = match self.sender {
+            Sender::Http2(_) => self.uri.clone(),
+            Sender::Http1(_) => Uri::from_static("/"),
+        };
         let mut request = Request::builder()
             .method(Method::POST)
-            .uri(self.uri.clone())
+            .uri(target)
             .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
             .header("x-amz-target", format!("{TARGET_PREFIX}{operation}"))
             .body(Full::new(body.clone()))
@@ -247,8 +262,8 @@ impl Client {
                 secret: credentials.secret.expose_secret(),
                 region: &credentials.region,
             };
-            let (method, uri) = (request.method().clone(), request.uri().clone());
-            sigv4::sign(&method, &uri, request.headers_mut(), &body, signer, (self.clock)());
+            let method = request.method().clone();
+            sigv4::sign(&method, &self.uri, request.headers_mut(), &body, signer, (self.clock)());
         }
         let response = match &mut self.sender {
             Sender::Http1(sender) => {
