@@ -10,8 +10,33 @@ const GENEROUS: &str = "symmetric = 1000000.0\nasymmetric = 1000000.0\nmanagemen
 
 #[test]
 fn boto3_drives_every_operation() {
-    let server = Server::start(&[ADMIN, APP], GENEROUS);
+    let mut server = Server::start(&[ADMIN, APP], GENEROUS);
     python::check(&server, "python", &["test_kms_boto3.py"]);
+    // The trail these calls left verifies; one changed byte is found.
+    server.kill();
+    let trail = server.data_dir().join("audit");
+    let verify = |what: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kagi"))
+            .args(["audit", "verify"])
+            .arg(&trail)
+            .output()
+            .unwrap_or_else(|e| panic!("kagi audit verify ({what}): {e}"))
+    };
+    let intact = verify("intact");
+    assert!(intact.status.success(), "{}", String::from_utf8_lossy(&intact.stderr));
+    let file = std::fs::read_dir(&trail)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .min()
+        .expect("a trail file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let tampered = verify("tampered");
+    assert_eq!(tampered.status.code(), Some(5), "{}", String::from_utf8_lossy(&tampered.stdout));
+    assert!(String::from_utf8_lossy(&tampered.stderr).contains("line"));
 }
 
 #[test]
