@@ -751,15 +751,12 @@ impl Api {
             .encrypt(&call.ctx, key_ref, plaintext.expose_secret(), &context, algorithm)
             .await?;
         self.note_use(call, &out.key_arn);
-        let mut value = json!({
+        // The model's EncryptResponse has no KeyMaterialId (the audit trail records it).
+        Ok(json!({
             "CiphertextBlob": b64(&out.ciphertext_blob),
             "KeyId": out.key_arn,
             "EncryptionAlgorithm": out.algorithm.kms_name(),
-        });
-        if let Some(id) = out.key_material_id {
-            value["KeyMaterialId"] = json!(id);
-        }
-        Ok(value)
+        }))
     }
 
     /// The key a ciphertext is for: the KeyId given, or else the one the blob names.
