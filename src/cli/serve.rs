@@ -32,7 +32,11 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
         None => Config::embedded(Path::new(".")),
     }
     .map_err(|error| Error::new(exit_code::INVALID, error.to_string()))?;
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let root_source =
         match config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()) {
             Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
