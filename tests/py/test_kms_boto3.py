@@ -914,6 +914,58 @@ class AccessControl(KmsTestCase):
         self.expect_error("AccessDeniedException", self.app.list_aliases)
 
 
+class Grants(KmsTestCase):
+    """Grants give `app` operations on one key, optionally for one encryption context; retiring
+    or revoking one takes effect on the next call."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.app = kms_client("APP")
+
+    def test_grant_life(self):
+        key = self.create_key()["KeyId"]
+        self.expect_error("AccessDeniedException", self.app.encrypt, KeyId=key, Plaintext=b"x")
+        grant = self.kms.create_grant(
+            KeyId=key, GranteePrincipal=user_arn("app"), RetiringPrincipal=user_arn("admin"),
+            Operations=["Encrypt", "Decrypt"], Name="app-tenant-acme",
+            Constraints={"EncryptionContextSubset": {"tenant": "acme"}},
+        )
+        self.assertEqual(len(grant["GrantId"]), 64, "a 64-hex-digit grant id")
+        again = self.kms.create_grant(
+            KeyId=key, GranteePrincipal=user_arn("app"), RetiringPrincipal=user_arn("admin"),
+            Operations=["Encrypt", "Decrypt"], Name="app-tenant-acme",
+            Constraints={"EncryptionContextSubset": {"tenant": "acme"}},
+        )
+        self.assertEqual(again["GrantId"], grant["GrantId"], "the same named grant is reused")
+        context = {"tenant": "acme", "purpose": "test"}
+        blob = self.app.encrypt(KeyId=key, Plaintext=b"granted", EncryptionContext=context,
+                                GrantTokens=[grant["GrantToken"]])["CiphertextBlob"]
+        back = self.app.decrypt(CiphertextBlob=blob, EncryptionContext=context)
+        self.assertEqual(back["Plaintext"], b"granted", "the grantee decrypts under the grant")
+        self.expect_error("AccessDeniedException", self.app.encrypt, KeyId=key, Plaintext=b"x",
+                          EncryptionContext={"tenant": "globex"})
+        self.expect_error("AccessDeniedException", self.app.describe_key, KeyId=key)
+        listed = self.kms.list_grants(KeyId=key)["Grants"]
+        self.assertEqual([g["GrantId"] for g in listed], [grant["GrantId"]])
+        self.assertEqual(listed[0]["GranteePrincipal"], user_arn("app"))
+        self.assertEqual(sorted(listed[0]["Operations"]), ["Decrypt", "Encrypt"])
+        retirable = self.kms.list_retirable_grants(RetiringPrincipal=user_arn("admin"))["Grants"]
+        self.assertIn(grant["GrantId"], [g["GrantId"] for g in retirable])
+        self.kms.retire_grant(GrantToken=grant["GrantToken"])
+        self.expect_error("AccessDeniedException", self.app.encrypt, KeyId=key, Plaintext=b"x",
+                          EncryptionContext=context)
+        second = self.kms.create_grant(KeyId=key, GranteePrincipal=user_arn("app"),
+                                       Operations=["Encrypt"])
+        self.app.encrypt(KeyId=key, Plaintext=b"x")
+        self.kms.revoke_grant(KeyId=key, GrantId=second["GrantId"])
+        self.expect_error("AccessDeniedException", self.app.encrypt, KeyId=key, Plaintext=b"x")
+        self.expect_error("InvalidGrantIdException", self.kms.revoke_grant, KeyId=key,
+                          GrantId="0" * 64)
+        self.expect_error("InvalidGrantTokenException", self.kms.encrypt, KeyId=key,
+                          Plaintext=b"x", GrantTokens=["not-a-token"])
+
+
 class Authentication(KmsTestCase):
     """SigV4 failures, each with its AWS error."""
 
