@@ -248,8 +248,9 @@ impl Api {
             key_arn: None,
             dry_run: false,
         };
-        if !self.limiter.try_acquire(
+        if !self.limiter.try_acquire_at(
             &principal.name,
+            &principal.quotas,
             operation.class,
             self.started.elapsed().as_secs_f64(),
         ) {

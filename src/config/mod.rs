@@ -78,6 +78,8 @@ pub struct Principal {
     /// Account-level actions (IAM's part in AWS) it may call: `kms:CreateKey`, `kms:ListKeys`,
     /// `kms:ListAliases`, `kms:GenerateRandom`; wildcards allowed.
     pub account_actions: Vec<String>,
+    /// Its request quotas: `[quotas]`, overridden by its own `quotas` table.
+    pub quotas: Quotas,
 }
 
 impl fmt::Debug for Principal {
@@ -86,6 +88,7 @@ impl fmt::Debug for Principal {
             .field("name", &self.name)
             .field("access_key_id", &self.access_key_id)
             .field("administrator", &self.administrator)
+            .field("quotas", &self.quotas)
             .finish_non_exhaustive()
     }
 }
@@ -252,9 +255,10 @@ impl Builder<'_> {
                 .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]),
         };
         let admin = raw.admin.map(|admin| self.address(&admin.listen)).transpose()?;
+        let quotas = self.quotas(Quotas::default(), raw.quotas)?;
         let mut principals = Principals::default();
         for principal in raw.principals {
-            let principal = self.principal(principal)?;
+            let principal = self.principal(principal, quotas)?;
             if principals.by_name(&principal.name).is_some() {
                 return Err(ConfigError {
                     origin: self.origin.to_owned(),
@@ -263,22 +267,6 @@ impl Builder<'_> {
                 });
             }
             principals.by_access_key.insert(principal.access_key_id.clone(), principal);
-        }
-        let mut quotas = Quotas::default();
-        if let Some(raw) = raw.quotas {
-            for (field, value) in [
-                (&mut quotas.symmetric, raw.symmetric),
-                (&mut quotas.asymmetric, raw.asymmetric),
-                (&mut quotas.management, raw.management),
-                (&mut quotas.burst_seconds, raw.burst_seconds),
-            ] {
-                if let Some(value) = value {
-                    if !(value.get_ref().is_finite() && *value.get_ref() > 0.0) {
-                        return Err(self.error(&value, "must be a positive number"));
-                    }
-                    *field = *value.get_ref();
-                }
-            }
         }
         let audit = match raw.audit {
             Some(raw) => self.audit(raw)?,
@@ -325,7 +313,27 @@ impl Builder<'_> {
         Ok(audit)
     }
 
-    fn principal(&self, raw: raw::Principal) -> Result<Principal, ConfigError> {
+    /// `base` with the rates `raw` gives.
+    fn quotas(&self, base: Quotas, raw: Option<raw::Quotas>) -> Result<Quotas, ConfigError> {
+        let mut quotas = base;
+        let Some(raw) = raw else { return Ok(quotas) };
+        for (field, value) in [
+            (&mut quotas.symmetric, raw.symmetric),
+            (&mut quotas.asymmetric, raw.asymmetric),
+            (&mut quotas.management, raw.management),
+            (&mut quotas.burst_seconds, raw.burst_seconds),
+        ] {
+            if let Some(value) = value {
+                if !(value.get_ref().is_finite() && *value.get_ref() > 0.0) {
+                    return Err(self.error(&value, "must be a positive number"));
+                }
+                *field = *value.get_ref();
+            }
+        }
+        Ok(quotas)
+    }
+
+    fn principal(&self, raw: raw::Principal, quotas: Quotas) -> Result<Principal, ConfigError> {
         let name = raw.name.get_ref();
         if name.is_empty()
             || name.len() > 64
@@ -367,6 +375,7 @@ impl Builder<'_> {
             secret: SecretBytes::from(secret),
             administrator: raw.administrator.unwrap_or(false),
             account_actions: raw.account_actions.unwrap_or_default(),
+            quotas: self.quotas(quotas, raw.quotas)?,
         })
     }
 }

@@ -93,6 +93,8 @@ pub struct Principal {
     pub secret_file: Option<Spanned<String>>,
     /// Whether default key policies make it an administrator.
     pub administrator: Option<bool>,
+    /// Its own quotas, overriding `[quotas]` field by field.
+    pub quotas: Option<Quotas>,
     /// Account-level actions it may call besides (`kms:CreateKey`, `kms:ListKeys`,
     /// `kms:ListAliases`, `kms:GenerateRandom`); administrators may call them all.
     pub account_actions: Option<Vec<String>>,

@@ -87,6 +87,23 @@ fn errors_name_the_line() {
 }
 
 #[test]
+fn a_principal_may_have_its_own_quotas() {
+    let text = format!(
+        "{MINIMAL}[quotas]\nmanagement = 50.0\n\n[[principals]]\nname = \"batch\"\n\
+         access_key_id = \"AKIA0000000000000002\"\nsecret = \"0123456789abcdef\"\n\
+         quotas = {{ management = 0.5, burst_seconds = 4.0 }}\n"
+    );
+    let config = parse(&text).unwrap();
+    let batch = config.principals.by_name("batch").unwrap();
+    assert_eq!(batch.quotas.management, 0.5);
+    assert_eq!(batch.quotas.burst_seconds, 4.0);
+    assert_eq!(batch.quotas.symmetric, Quotas::default().symmetric);
+    assert_eq!(config.quotas.management, 50.0);
+    let bad = text.replace("management = 0.5", "management = -1.0");
+    assert!(parse(&bad).unwrap_err().to_string().starts_with("kagi.toml:14: "), "{bad}");
+}
+
+#[test]
 fn secrets_come_from_files() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("alice.secret"), "0123456789abcdefXYZ\n").unwrap();
@@ -97,5 +114,6 @@ fn secrets_come_from_files() {
     let config = Config::parse(&text, "kagi.toml", dir.path()).unwrap();
     let alice = config.principals.get("AKIA0000000000000001").unwrap();
     assert_eq!(alice.secret.expose_secret(), b"0123456789abcdefXYZ");
+    assert_eq!(alice.quotas, Quotas::default());
     assert!(!alice.administrator);
 }

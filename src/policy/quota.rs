@@ -41,12 +41,23 @@ impl Limiter {
     /// Takes one token from `principal`'s bucket for `class` at time `now` (seconds);
     /// false when it is empty (the request is throttled).
     pub fn try_acquire(&self, principal: &str, class: OperationClass, now: f64) -> bool {
+        self.try_acquire_at(principal, &self.quotas, class, now)
+    }
+
+    /// [`Limiter::try_acquire`] at `quotas`' rates (a principal's own quotas).
+    pub fn try_acquire_at(
+        &self,
+        principal: &str,
+        quotas: &Quotas,
+        class: OperationClass,
+        now: f64,
+    ) -> bool {
         let rate = match class {
-            OperationClass::Symmetric => self.quotas.symmetric,
-            OperationClass::Asymmetric => self.quotas.asymmetric,
-            OperationClass::Management => self.quotas.management,
+            OperationClass::Symmetric => quotas.symmetric,
+            OperationClass::Asymmetric => quotas.asymmetric,
+            OperationClass::Management => quotas.management,
         };
-        let capacity = (rate * self.quotas.burst_seconds).max(1.0);
+        let capacity = (rate * quotas.burst_seconds).max(1.0);
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let bucket = buckets
             .entry((principal.to_owned(), class))
@@ -84,5 +95,9 @@ mod tests {
         assert!(limiter.try_acquire("alice", class, 100.0));
         assert!(limiter.try_acquire("alice", class, 100.0));
         assert!(!limiter.try_acquire("alice", class, 100.0));
+        // A principal's own quotas.
+        let slow = Quotas { management: 0.001, ..Quotas::default() };
+        assert!(limiter.try_acquire_at("carol", &slow, class, 0.0));
+        assert!(!limiter.try_acquire_at("carol", &slow, class, 10.0));
     }
 }
