@@ -269,10 +269,11 @@ impl Api {
         }
         let description = input.opt_str("Description")?.unwrap_or_default().to_owned();
         let partition = self.keystore.partition();
+        let mut notes = Vec::new();
         let policy = match input.opt_str("Policy")? {
             Some(text) => {
                 let bypass = input.opt_bool("BypassPolicyLockoutSafetyCheck")?.unwrap_or(false);
-                self.check_new_policy(call, text, "*", bypass)?;
+                notes = self.check_new_policy(call, text, "*", bypass)?;
                 text.to_owned()
             }
             None => {
@@ -293,7 +294,7 @@ impl Api {
             tags: input.tags("Tags")?,
             policy: Some(policy),
         };
-        let metadata = self.keystore.create_key(&call.ctx, request).await?;
+        let metadata = self.keystore.create_key_noted(&call.ctx, request, notes).await?;
         call.key_arn = Some(metadata.arn.clone());
         Ok(json!({ "KeyMetadata": metadata_json(&metadata) }))
     }
@@ -307,11 +308,12 @@ impl Api {
         text: &str,
         resource: &str,
         bypass: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<String>, ApiError> {
         let malformed =
             |message: String| ApiError::new("MalformedPolicyDocumentException", 400, message);
         let policy = Policy::parse(text).map_err(|error| malformed(error.0))?;
-        for note in policy.unevaluated() {
+        let notes = policy.unevaluated();
+        for note in &notes {
             tracing::warn!(target: "kagi::policy", principal = %call.principal.name, "key policy: {note}");
         }
         if !bypass {
@@ -344,7 +346,7 @@ impl Api {
                 ));
             }
         }
-        Ok(())
+        Ok(notes)
     }
 
     async fn describe_key(&self, call: &mut Call<'_>, input: Input) -> Result<Value, ApiError> {
@@ -501,11 +503,11 @@ impl Api {
         let bypass = input.opt_bool("BypassPolicyLockoutSafetyCheck")?.unwrap_or(false);
         let key_ref = input.key_id("KeyId")?.to_owned();
         let target = self.authorize(call, "kms:PutKeyPolicy", &key_ref, None).await?;
-        self.check_new_policy(call, &text, &target.arn, bypass)?;
+        let notes = self.check_new_policy(call, &text, &target.arn, bypass)?;
         if call.dry_run {
             return Err(dry_run_error());
         }
-        self.keystore.put_key_policy(&call.ctx, &key_ref, &text).await?;
+        self.keystore.put_key_policy(&call.ctx, &key_ref, &text, notes).await?;
         Ok(json!({}))
     }
 

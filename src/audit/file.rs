@@ -187,6 +187,7 @@ impl Renderer {
             encryption_context,
             outcome,
             error_code,
+            notes,
         } = event;
         let mut record = AuditRecord {
             v: RECORD_VERSION,
@@ -202,6 +203,7 @@ impl Renderer {
             encryption_context_hmac: None,
             outcome: *outcome,
             error_code: error_code.map(str::to_owned),
+            notes: notes.clone(),
             seq: None,
             prev: None,
         };

@@ -67,6 +67,8 @@ pub struct AuditEvent {
     pub outcome: Outcome,
     /// The AWS error name on failure.
     pub error_code: Option<&'static str>,
+    /// Remarks the caller does not see, e.g. the parts of a key policy kagi does not evaluate.
+    pub notes: Vec<String>,
 }
 
 /// How an operation ended.
@@ -116,6 +118,9 @@ pub struct AuditRecord {
     /// The AWS error name on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// Remarks the caller does not see (parts of a key policy kagi does not evaluate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The record's number in the chain (from 1); set by the sink as it writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,

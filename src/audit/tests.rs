@@ -33,6 +33,7 @@ fn event(n: u64, time: i64) -> AuditEvent {
         encryption_context: BTreeMap::from([("tenant".to_owned(), "acme-secret".to_owned())]),
         outcome: Outcome::Success,
         error_code: None,
+        notes: Vec::new(),
     }
 }
 

@@ -71,7 +71,8 @@ impl Keystore {
             .map(|(header, _)| uuid::Uuid::from_bytes(header.key_id).to_string())
     }
 
-    /// PutKeyPolicy: replaces the key's policy. The caller has validated the document.
+    /// PutKeyPolicy: replaces the key's policy. The caller has validated the document; `notes`
+    /// (what of it kagi does not evaluate) go to the audit line only.
     ///
     /// # Errors
     /// NotFoundException; KMSInvalidStateException for a key pending deletion.
@@ -80,8 +81,9 @@ impl Keystore {
         ctx: &OpContext,
         key_ref: &str,
         policy: &str,
+        notes: Vec<String>,
     ) -> Result<(), Error> {
-        let trail = self.trail(ctx, "PutKeyPolicy");
+        let trail = self.trail(ctx, "PutKeyPolicy").with_notes(notes);
         let outcome = self
             .update(&trail, key_ref, false, OperationClass::Manage, |key, _| {
                 policy.clone_into(&mut key.policy);

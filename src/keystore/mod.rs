@@ -319,7 +319,21 @@ impl Keystore {
         ctx: &OpContext,
         request: CreateKeyRequest,
     ) -> Result<KeyMetadata, Error> {
-        let trail = self.trail(ctx, "CreateKey");
+        self.create_key_noted(ctx, request, Vec::new()).await
+    }
+
+    /// [`Keystore::create_key`] whose audit line carries `notes` (the parts of its policy kagi
+    /// does not evaluate), which the caller never sees.
+    ///
+    /// # Errors
+    /// As [`Keystore::create_key`].
+    pub async fn create_key_noted(
+        &self,
+        ctx: &OpContext,
+        request: CreateKeyRequest,
+        notes: Vec<String>,
+    ) -> Result<KeyMetadata, Error> {
+        let trail = self.trail(ctx, "CreateKey").with_notes(notes);
         let outcome = async {
             let (record, versions) = self.new_key(ctx, request)?;
             let metadata = self.metadata_of(&record, &versions);

@@ -25,6 +25,8 @@ pub(crate) struct Trail<'a> {
     written: AtomicBool,
     /// A line of this operation could not be written.
     audit_failed: AtomicBool,
+    /// Remarks every line of this operation carries.
+    notes: Vec<String>,
 }
 
 impl Keystore {
@@ -36,11 +38,19 @@ impl Keystore {
             operation,
             written: AtomicBool::new(false),
             audit_failed: AtomicBool::new(false),
+            notes: Vec::new(),
         }
     }
 }
 
 impl Trail<'_> {
+    /// Adds remarks to every line of this operation (never shown to the caller).
+    #[must_use]
+    pub(crate) fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
+    }
+
     /// The operation's name.
     pub(crate) fn operation(&self) -> &str {
         self.operation
@@ -164,6 +174,7 @@ impl Trail<'_> {
             encryption_context: context.cloned().unwrap_or_default(),
             outcome: if error.is_some() { Outcome::Failure } else { Outcome::Success },
             error_code: error.map(|e| e.kind().aws_name()),
+            notes: self.notes.clone(),
         }
     }
 

@@ -234,3 +234,34 @@ fn the_command_line_goes_through_a_running_server() {
         String::from_utf8_lossy(&stdout)
     );
 }
+
+#[test]
+fn policy_parts_kagi_does_not_evaluate_are_noted_in_the_trail() {
+    let mut server = start();
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:user/admin"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Sid": "office only", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:user/admin"},
+             "Action": "kms:Decrypt", "Resource": "*",
+             "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}
+        ]
+    })
+    .to_string();
+    runtime().block_on(async {
+        let mut client = server.client(HttpVersion::Http1, &ADMIN).await;
+        let key = client.call("CreateKey", &json!({"Policy": policy})).await.unwrap();
+        // The caller sees nothing of it.
+        assert!(!key.to_string().contains("SourceIp"), "{key}");
+    });
+    server.kill();
+    let (code, stdout, stderr) = kagi(
+        &server.data_dir(),
+        &["--output", "json", "audit", "show", "--operation", "CreateKey"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(text.contains("aws:SourceIp") && text.contains("never matches"), "{text}");
+}
