@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject as _;
@@ -30,6 +30,10 @@ use crate::metrics::Metrics;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the sweeper runs (deletions due, rotations due, imported material expired).
@@ -90,7 +94,10 @@ pub async fn serve(
         tokio::spawn(admin_loop(admin, Arc::clone(&metrics)));
     }
     tokio::spawn(sweep_loop(Arc::clone(&keystore)));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that trickles its headers (slowloris) is cut off.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -143,12 +150,17 @@ async fn answer(
     peer: SocketAddr,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(ApiError::validation(format!(
-            "The request body is larger than {MAX_BODY} bytes or was cut short"
-        ))),
-    };
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(_)) => Err(ApiError::validation(format!(
+                "The request body is larger than {MAX_BODY} bytes or was cut short"
+            ))),
+            Err(_) => Err(ApiError::validation(format!(
+                "The request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ))),
+        };
     api.handle(&parts, body, peer).await.map(Full::new)
 }
 
