@@ -3,7 +3,7 @@
 //! context.
 //!
 //! Grants live in their key's record (`KeyRecord::grants`) and change only through
-//! [`Keystore::update`], so they are consistent at once: a grant works on the next call after
+//! `Keystore::update`, so they are consistent at once: a grant works on the next call after
 //! CreateGrant, and stops working on the next call after RetireGrant or RevokeGrant.
 //! *Evaluating* grants is `crate::policy`'s job (`grant_allows`); the keystore stores them and
 //! enforces AWS's rules for making and removing them.
