@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod certs;
 mod remote;
 mod serve;
 
@@ -94,6 +95,9 @@ pub enum Command {
     PublicKey(PublicKeyArgs),
     /// ECDH between a KEY_AGREEMENT key and a peer's public key; writes the shared secret.
     DeriveSharedSecret(DeriveSharedSecretArgs),
+    /// TLS certificates whose keys live in the keystore.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Serves the AWS-KMS-compatible API (and later the proxy) from a TOML configuration.
     Serve(serve::ServeArgs),
     /// Reads the audit trail: checks its hash chain, shows its records.
@@ -586,6 +590,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         Command::Init | Command::Demo | Command::Audit(_) | Command::Serve(_) => Ok(()),
         Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,
         Command::Aliases(command) => aliases(&keystore, &ctx, &out, command).await,
+        Command::Certs(command) => certs::run(keystore, &ctx, &out, &args.data_dir, command).await,
         Command::Encrypt(a) => {
             let plaintext = read_input(&a.io, false)?;
             let algorithm = parse_encryption_algorithm(&a.algorithm)?;

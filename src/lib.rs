@@ -17,6 +17,7 @@ pub mod keystore;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod tls;
 
 pub use cli::run;
 pub use error::Error;

@@ -58,9 +58,10 @@ pub struct Config {
 pub struct ApiConfig {
     /// Where it listens (port 0: any free port, reported in the ready file).
     pub listen: SocketAddr,
-    /// The certificate chain and key files; `None`: a self-signed certificate issued at start.
-    pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// The names the self-signed certificate covers.
+    /// The default certificate, by name in DATA_DIR/certs; `None`: `kagi-api`, issued
+    /// self-signed (key in the keystore) on first start.
+    pub certificate: Option<String>,
+    /// The names the self-signed `kagi-api` certificate covers when it is issued.
     pub tls_names: Vec<String>,
 }
 
@@ -237,17 +238,12 @@ impl Builder<'_> {
         }
         let api = ApiConfig {
             listen: self.address(&raw.api.listen)?,
-            tls_files: match (&raw.api.certificate, &raw.api.private_key) {
-                (Some(cert), Some(key)) => {
-                    Some((self.path(cert.get_ref()), self.path(key.get_ref())))
+            certificate: match &raw.api.certificate {
+                Some(name) if crate::tls::check_name(name.get_ref()).is_err() => {
+                    return Err(self.error(name, "a certificate name is 1–64 of A-Z a-z 0-9 _ -"));
                 }
-                (None, None) => None,
-                (Some(cert), None) => {
-                    return Err(self.error(cert, "certificate needs private_key too"));
-                }
-                (None, Some(key)) => {
-                    return Err(self.error(key, "private_key needs certificate too"));
-                }
+                Some(name) => Some(name.get_ref().clone()),
+                None => None,
             },
             tls_names: raw
                 .api

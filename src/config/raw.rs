@@ -61,10 +61,8 @@ pub struct Keystore {
 pub struct Api {
     /// The listen address.
     pub listen: Spanned<String>,
-    /// A PEM certificate chain file.
+    /// The name of a certificate in DATA_DIR/certs (`kagi certs …`).
     pub certificate: Option<Spanned<String>>,
-    /// A PEM private key file.
-    pub private_key: Option<Spanned<String>>,
     /// Names for the self-signed certificate.
     pub tls_names: Option<Vec<String>>,
 }

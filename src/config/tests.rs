@@ -42,7 +42,7 @@ fn a_minimal_file_takes_defaults() {
     assert_eq!(config.data_dir, Path::new("/etc/kagi/data"));
     assert_eq!(config.partition.region, "us-east-1");
     assert_eq!(config.quotas, Quotas::default());
-    assert!(config.admin.is_none() && config.api.tls_files.is_none());
+    assert!(config.admin.is_none() && config.api.certificate.is_none());
 }
 
 #[test]

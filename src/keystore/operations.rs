@@ -172,6 +172,21 @@ pub struct PublicKeyInfo {
     pub usage: KeyUsage,
 }
 
+/// What [`Keystore::signing_key_info`] returns.
+#[derive(Clone, Debug)]
+pub struct SigningKeyInfo {
+    /// The key id.
+    pub key_id: String,
+    /// The key ARN.
+    pub key_arn: String,
+    /// The key pair's spec.
+    pub spec: KeyPairSpec,
+    /// The key's state (a certificate of a key that is not Enabled fails its handshakes).
+    pub state: super::KeyState,
+    /// DER SubjectPublicKeyInfo of the current version.
+    pub public_key: Vec<u8>,
+}
+
 /// Whether a signing input is the message or its digest (KMS `MessageType`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum MessageType {
@@ -581,6 +596,79 @@ impl Keystore {
         }
         .await;
         self.audit_crypto(ctx, "GetPublicKey", outcome, |o| (&o.key_arn, None), None).await
+    }
+
+    /// Signs `message` (MessageType RAW) with the current version of a SIGN_VERIFY key found
+    /// in the cache, synchronously. This is the TLS handshake's path: rustls's `Signer::sign`
+    /// cannot await, so the caller loads the key first with [`Keystore::signing_key_info`]
+    /// (which fills the cache) and signs here without blocking on the store.
+    ///
+    /// The checks are Sign's (state, usage, algorithm). It is not audited: handshakes are
+    /// counted in metrics by the caller, not audited one by one (DESIGN.md), since an audit line
+    /// and its fsync per handshake would cost more than the handshake itself.
+    ///
+    /// # Errors
+    /// Internal when the key is not in the cache (it changed since it was loaded: load it
+    /// again); the state errors; InvalidKeyUsageException.
+    pub fn sign_cached(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        algorithm: SigningAlgorithm,
+    ) -> Result<Vec<u8>, Error> {
+        let key = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::internal("the key is not loaded (it changed since); load it again")
+            })?;
+        self.check_loaded_usable(&key)?;
+        if key.record.usage != KeyUsage::SignVerify {
+            return Err(Error::new(
+                ErrorKind::InvalidKeyUsage,
+                format!(
+                    "{} key usage is {}, not SIGN_VERIFY",
+                    key.arn,
+                    key.record.usage.kms_name()
+                ),
+            ));
+        }
+        let pair = key_pair(&key)?;
+        check_signing_algorithm(&key, algorithm)?;
+        Ok(pair.private.sign(algorithm, SignInput::Message(message))?)
+    }
+
+    /// What a TLS certificate needs of its key, whatever the key's state: its id, spec, state
+    /// and public key. Loads the key into the cache for [`Keystore::sign_cached`].
+    ///
+    /// A disabled key, or one pending deletion, is answered (its certificate stays configured,
+    /// and each handshake fails in `sign_cached`); not audited, like `sign_cached`.
+    ///
+    /// # Errors
+    /// NotFoundException; InvalidKeyUsageException for a key that does not sign; the pending
+    /// import error for a key without material.
+    pub async fn signing_key_info(&self, key_ref: &str) -> Result<SigningKeyInfo, Error> {
+        let key = self.resolve(key_ref, true).await?;
+        lifecycle::check(OperationClass::Read, &key.record, &key.arn)?;
+        let spec =
+            key.record.spec.key_pair_spec().filter(|_| key.record.usage == KeyUsage::SignVerify);
+        let Some(spec) = spec else {
+            return Err(Error::new(
+                ErrorKind::InvalidKeyUsage,
+                format!("{} is not an asymmetric SIGN_VERIFY key", key.arn),
+            ));
+        };
+        let pair = key_pair(&key)?;
+        Ok(SigningKeyInfo {
+            key_id: key.record.id.clone(),
+            key_arn: key.arn.clone(),
+            spec,
+            state: key.record.state,
+            public_key: pair.private.public_key_der(),
+        })
     }
 
     /// GenerateMac with an HMAC key.

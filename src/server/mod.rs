@@ -1,4 +1,5 @@
-//! `kagi serve`: the KMS API on its TLS listener (HTTP/1.1 and HTTP/2), the admin listener
+//! `kagi serve`: the KMS API on its TLS listener (HTTP/1.1 and HTTP/2, certificates from the
+//! store with keys in the keystore, see `tls`), the admin listener
 //! (`/metrics`, `/healthz`), the background sweeper, and graceful shutdown.
 //!
 //! Listeners bind the configured addresses (port 0 picks a free port); once both are
@@ -18,15 +19,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::api::{Api, ApiError, MAX_BODY};
 use crate::config::Config;
 use crate::keystore::{Keystore, OpContext};
 use crate::metrics::Metrics;
+use crate::tls::SniResolver;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,8 +70,8 @@ pub async fn serve(
     let principals = Arc::clone(&config.principals);
     let api =
         Arc::new(Api::new(Arc::clone(&keystore), principals, config.quotas, Arc::clone(&metrics)));
-    let (tls, ca_bundle) = tls_config(config)?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let (tls, resolver, ca_bundle) = tls_config(config, &keystore).await?;
+    let tls = Arc::new(tls);
     let listener = TcpListener::bind(config.api.listen)
         .await
         .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.api.listen)))?;
@@ -113,12 +113,19 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let tls = Arc::clone(&tls);
+        let resolver = Arc::clone(&resolver);
+        let keystore = Arc::clone(&keystore);
         let api = Arc::clone(&api);
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                handshake(stream, tls, &resolver, &keystore),
+            )
+            .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(target: "kagi::server", %peer, %error, "TLS handshake failed");
@@ -164,43 +171,41 @@ async fn answer(
     api.handle(&parts, body, peer).await.map(Full::new)
 }
 
-/// The TLS configuration of the API listener, and the PEM file clients should trust.
-fn tls_config(config: &Config) -> Result<(rustls::ServerConfig, PathBuf), ServeError> {
-    let (chain, key, ca_bundle) = match &config.api.tls_files {
-        Some((cert_path, key_path)) => {
-            let chain = CertificateDer::pem_file_iter(cert_path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|e| ServeError(format!("{}: {e}", cert_path.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key_path)
-                .map_err(|e| ServeError(format!("{}: {e}", key_path.display())))?;
-            (chain, key, cert_path.clone())
-        }
-        None => {
-            // A certificate issued at start, until certificates live in the keystore.
-            let key = rcgen::KeyPair::generate()
-                .map_err(|e| ServeError(format!("cannot generate the API key: {e}")))?;
-            let mut params = rcgen::CertificateParams::new(config.api.tls_names.clone())
-                .map_err(|e| ServeError(format!("invalid TLS names: {e}")))?;
-            params.distinguished_name.push(rcgen::DnType::CommonName, "kagi KMS API");
-            let cert = params
-                .self_signed(&key)
-                .map_err(|e| ServeError(format!("cannot issue the API certificate: {e}")))?;
-            let path = config.data_dir.join("api-ca.pem");
-            write_atomically(&path, cert.pem().as_bytes())
-                .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            (vec![cert.der().clone()], key, path)
-        }
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServeError(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| ServeError(format!("the API certificate and key do not fit: {e}")))?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((tls, ca_bundle))
+/// The TLS configuration of the API listener (certificates from the store, keys in the
+/// keystore, chosen by SNI), its resolver, and the PEM file clients should trust.
+async fn tls_config(
+    config: &Config,
+    keystore: &Arc<Keystore>,
+) -> Result<(rustls::ServerConfig, Arc<SniResolver>, PathBuf), ServeError> {
+    let (resolver, trusted) = crate::tls::api_resolver(
+        keystore,
+        &config.data_dir,
+        config.api.certificate.as_deref(),
+        &config.api.tls_names,
+    )
+    .await
+    .map_err(|e| ServeError(format!("the API certificate: {e}")))?;
+    let path = config.data_dir.join("api-ca.pem");
+    write_atomically(&path, trusted.as_bytes())
+        .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
+    let resolver = Arc::new(resolver);
+    let tls =
+        crate::tls::server_config(Arc::clone(&resolver)).map_err(|e| ServeError(e.to_string()))?;
+    Ok((tls, resolver, path))
+}
+
+/// Completes a TLS handshake: reads the ClientHello, loads the key of the certificate SNI
+/// chooses into the keystore's cache (the handshake signature is synchronous), then finishes.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    resolver: &SniResolver,
+    keystore: &Keystore,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let server_name = start.client_hello().server_name().map(str::to_owned);
+    resolver.prepare(keystore, server_name.as_deref()).await;
+    start.into_stream(tls).await
 }
 
 /// `/metrics` and `/healthz` over plain HTTP/1.1.

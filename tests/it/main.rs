@@ -35,6 +35,10 @@ mod crash;
 // metrics, shutdown.
 mod server;
 
+// TLS certificates whose keys live in the keystore: `kagi certs` (CA, issue, import, list,
+// renew), and `kagi serve` choosing them by SNI, refusing a disabled key's handshakes.
+mod certs;
+
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;

@@ -60,6 +60,7 @@ pub(crate) struct Ready {
 pub(crate) struct Server {
     child: Child,
     dir: tempfile::TempDir,
+    data_dir: PathBuf,
     pub(crate) ready: Ready,
     pub(crate) principals: Vec<TestPrincipal>,
 }
@@ -68,9 +69,25 @@ impl Server {
     /// Starts a server knowing `principals`, with the `[quotas]` section `quotas` (TOML lines),
     /// and waits until it listens.
     pub(crate) fn start(principals: &[TestPrincipal], quotas: &str) -> Self {
+        Self::start_with(None, principals, quotas, "")
+    }
+
+    /// Starts a server on an existing data directory, with `api` added to its `[api]` section
+    /// (TOML lines).
+    pub(crate) fn start_on(data_dir: &Path, principals: &[TestPrincipal], api: &str) -> Self {
+        Self::start_with(Some(data_dir), principals, "", api)
+    }
+
+    fn start_with(
+        data_dir: Option<&Path>,
+        principals: &[TestPrincipal],
+        quotas: &str,
+        api: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_owned);
         let config = dir.path().join("kagi.toml");
-        std::fs::write(&config, config_text(dir.path(), principals, quotas)).expect("config");
+        std::fs::write(&config, config_text(&data_dir, principals, quotas, api)).expect("config");
         let ready_file = dir.path().join("ready.json");
         let log = File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kagi"))
@@ -91,6 +108,7 @@ impl Server {
         let mut server = Self {
             child,
             dir,
+            data_dir,
             ready: Ready {
                 api: ([127, 0, 0, 1], 0).into(),
                 admin: ([127, 0, 0, 1], 0).into(),
@@ -143,7 +161,7 @@ impl Server {
 
     /// The data directory the server holds.
     pub(crate) fn data_dir(&self) -> PathBuf {
-        self.path("data")
+        self.data_dir.clone()
     }
 
     /// A client of kagi's own, connected as `principal` over `version`.
@@ -190,11 +208,11 @@ impl Drop for Server {
     }
 }
 
-fn config_text(dir: &Path, principals: &[TestPrincipal], quotas: &str) -> String {
+fn config_text(data_dir: &Path, principals: &[TestPrincipal], quotas: &str, api: &str) -> String {
     let mut text = format!(
         "[keystore]\ndata_dir = {data:?}\nregion = {REGION:?}\naccount = {ACCOUNT:?}\n\n\
-         [api]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-        data = dir.join("data").to_str().expect("utf-8 path"),
+         [api]\nlisten = \"127.0.0.1:0\"\n{api}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+        data = data_dir.to_str().expect("utf-8 path"),
     );
     for p in principals {
         text.push_str(&format!(

@@ -1,0 +1,115 @@
+//! TLS with keys in the keystore: the rustls `ServerConfig`, the SNI resolver, the
+//! keystore-backed signing keys (rustls's for handshakes, rcgen's for issuing), the certificate
+//! store under `DATA_DIR/certs/` and certificate issuance with rcgen.
+//!
+//! No private key is held here or written anywhere: a certificate names a keystore key, and
+//! every signature (handshake or certificate) is the keystore's. This module does not store
+//! keys (`keystore` does) and does not accept connections (`server` does).
+//!
+//! A handshake is signed synchronously ([`Keystore::sign_cached`]): rustls's `Signer::sign`
+//! cannot await, so the server loads the chosen certificate's key into the keystore's cache
+//! once the ClientHello is in ([`SniResolver::prepare`]), before rustls asks for the signature.
+//!
+//! [`Keystore::sign_cached`]: crate::keystore::Keystore::sign_cached
+
+mod issue;
+mod resolver;
+mod signer;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use issue::{CertIssuer, IssueRequest, KeyChoice, api_resolver, load_entry};
+pub use resolver::{CertEntry, SniResolver};
+pub use signer::{HandshakeCounter, IssuingKey, KeystoreSigningKey, schemes};
+pub use store::{CertKind, CertMeta, CertStore, StoredCert, pem_encode};
+
+use crate::keystore;
+
+/// The default validity of an issued certificate, in days (Mozilla's profiles reject
+/// long-lived certificates; 90 days is what ACME CAs issue).
+pub const DEFAULT_VALIDITY_DAYS: u32 = 90;
+/// The default validity of an internal CA's certificate, in days.
+pub const DEFAULT_CA_VALIDITY_DAYS: u32 = 3650;
+/// The API listener's certificate when the configuration names none.
+pub const API_CERTIFICATE: &str = "kagi-api";
+/// The alias of the API certificate's key.
+pub const API_KEY_ALIAS: &str = "alias/kagi/api-tls";
+
+/// A TLS or certificate failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The keystore refused (unknown key, wrong usage, state…).
+    #[error(transparent)]
+    Keystore(#[from] keystore::Error),
+    /// No certificate of this name in the store.
+    #[error("no certificate named {0:?}")]
+    NotFound(String),
+    /// A certificate of this name exists already.
+    #[error("a certificate named {0:?} exists already")]
+    AlreadyExists(String),
+    /// A certificate name kagi does not accept.
+    #[error("invalid certificate name {0:?}: use 1 to 64 of A-Z a-z 0-9 _ -")]
+    InvalidName(String),
+    /// The certificate's public key is not its keystore key's.
+    #[error("certificate {0:?}: its public key does not match its keystore key")]
+    KeyMismatch(String),
+    /// Anything else wrong with a certificate, a chain or a request.
+    #[error("certificate {name:?}: {message}")]
+    Invalid {
+        /// The certificate.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file of the store cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// rcgen failed to build or sign a certificate.
+    #[error("cannot issue the certificate: {0}")]
+    Issue(String),
+}
+
+impl TlsError {
+    fn invalid(name: &str, message: impl Into<String>) -> Self {
+        Self::Invalid { name: name.to_owned(), message: message.into() }
+    }
+}
+
+/// The server configuration kagi's listeners use: the aws-lc-rs provider (named explicitly:
+/// with ring also in the graph, rustls's default provider would be ambiguous), TLS 1.3 and
+/// 1.2 with rustls's default cipher suites and groups (which meet Mozilla's "intermediate"
+/// profile: AEAD suites with forward secrecy only), no client certificates, ALPN h2 then
+/// http/1.1, certificates chosen by `resolver`.
+///
+/// # Errors
+/// Only if the provider rejects the protocol versions (it does not).
+pub fn server_config(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Issue(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Checks a certificate name: 1 to 64 of `A-Z a-z 0-9 _ -` (it names files and an alias).
+///
+/// # Errors
+/// [`TlsError::InvalidName`].
+pub fn check_name(name: &str) -> Result<(), TlsError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(TlsError::InvalidName(name.to_owned())) }
+}
+
+#[cfg(test)]
+mod tests;
