@@ -46,12 +46,22 @@ fn handshake(
     server_name: Option<&str>,
     roots: &[CertificateDer<'static>],
 ) -> Result<CertificateDer<'static>, String> {
+    handshake_with(address, server_name, roots, &rustls::version::TLS13)
+}
+
+/// [`handshake`] with one protocol version only.
+fn handshake_with(
+    address: SocketAddr,
+    server_name: Option<&str>,
+    roots: &[CertificateDer<'static>],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<CertificateDer<'static>, String> {
     let mut store = rustls::RootCertStore::empty();
     let (added, _) = store.add_parsable_certificates(roots.iter().cloned());
     assert!(added > 0, "a usable root");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[version])
         .expect("versions")
         .with_root_certificates(store)
         .with_no_client_auth();
@@ -67,6 +77,7 @@ fn handshake(
         let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
         let (_, connection) = tls.get_ref();
         assert_eq!(connection.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2 first");
+        assert_eq!(connection.protocol_version(), Some(version.version));
         Ok(connection.peer_certificates().expect("a certificate")[0].clone())
     })
 }
@@ -216,6 +227,16 @@ fn certificates_are_issued_renewed_and_chosen_by_sni() {
         let presented = handshake(address, sni, &roots)
             .unwrap_or_else(|e| panic!("{sni:?}: {e}\n{}", server.log()));
         assert!(presented == leaf(expected), "{sni:?} gets {expected}");
+    }
+    // TLS 1.2 too (ECDHE-ECDSA and ECDHE-RSA suites, the keystore signing the key exchange).
+    for (sni, expected) in [
+        ("a.example.test", "site-a"),
+        ("x.wild.example.test", "wild"),
+        ("rsa.example.test", "rsa-site"),
+    ] {
+        let presented = handshake_with(address, Some(sni), &roots, &rustls::version::TLS12)
+            .unwrap_or_else(|e| panic!("TLS 1.2 {sni}: {e}\n{}", server.log()));
+        assert!(presented == leaf(expected), "TLS 1.2 {sni} gets {expected}");
     }
     // A wildcard covers one label only; a name nobody covers gets the default, which does not
     // name it (the client refuses).
