@@ -35,6 +35,10 @@ mod crash;
 // metrics, shutdown.
 mod server;
 
+// The admin listener after a scripted workload: exact per-key counters, AES-GCM usage per key
+// version, inventory gauges, /readyz, and `promtool check metrics` on the scrape.
+mod metrics;
+
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;
