@@ -39,6 +39,9 @@ mod server;
 // version, inventory gauges, /readyz, and `promtool check metrics` on the scrape.
 mod metrics;
 
+// config/alerts.yml through promtool: the rules check, and their unit tests pass.
+mod alerts;
+
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;
