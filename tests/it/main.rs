@@ -42,6 +42,9 @@ mod metrics;
 // config/alerts.yml through promtool: the rules check, and their unit tests pass.
 mod alerts;
 
+// `kagi report` on a data directory: the inventory as table, JSON and HTML, with its flags.
+mod report;
+
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;
