@@ -29,3 +29,27 @@ pub trait KeyObserver: Send + Sync + fmt::Debug {
         let _ = operation;
     }
 }
+
+/// Several observers, each told everything, in order (metrics, then notifications).
+#[derive(Debug, Default)]
+pub struct Observers(pub Vec<std::sync::Arc<dyn KeyObserver>>);
+
+impl KeyObserver for Observers {
+    fn sealed(&self, key_id: &str, version: u32, plaintext_bytes: usize) {
+        for observer in &self.0 {
+            observer.sealed(key_id, version, plaintext_bytes);
+        }
+    }
+
+    fn recorded(&self, event: &AuditEvent) {
+        for observer in &self.0 {
+            observer.recorded(event);
+        }
+    }
+
+    fn audit_failed(&self, operation: &str) {
+        for observer in &self.0 {
+            observer.audit_failed(operation);
+        }
+    }
+}

@@ -108,6 +108,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for parts that own their families (`notify`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The key families.
     pub fn keys(&self) -> &KeyMetrics {
         &self.keys

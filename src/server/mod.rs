@@ -30,8 +30,10 @@ pub use admin::Readiness;
 
 use crate::api::{Api, ApiError, MAX_BODY};
 use crate::config::Config;
+use crate::keystore::observe::{KeyObserver, Observers};
 use crate::keystore::{Keystore, OpContext};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,8 +70,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
-    // The keystore reports seals, audited events and audit failures to the key metrics.
-    keystore.set_observer(Arc::clone(&metrics) as Arc<dyn crate::keystore::observe::KeyObserver>);
+    // The keystore reports seals, audited events and audit failures to the key metrics, and
+    // state changes to the webhooks.
+    let notifier = Arc::new(Notifier::new(config.webhooks.clone(), metrics.registry()));
+    let observers: Vec<Arc<dyn KeyObserver>> = vec![metrics.clone(), notifier.clone()];
+    keystore.set_observer(Arc::new(Observers(observers)));
+    notifier.start();
     let readiness = Arc::new(Readiness::default());
     let principals = Arc::clone(&config.principals);
     let api =

@@ -45,6 +45,9 @@ mod alerts;
 // `kagi report` on a data directory: the inventory as table, JSON and HTML, with its flags.
 mod report;
 
+// Webhook notifications of key state changes from `kagi serve`: order, retries, isolation.
+mod notify;
+
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;

@@ -68,9 +68,17 @@ impl Server {
     /// Starts a server knowing `principals`, with the `[quotas]` section `quotas` (TOML lines),
     /// and waits until it listens.
     pub(crate) fn start(principals: &[TestPrincipal], quotas: &str) -> Self {
+        Self::start_with(principals, quotas, "")
+    }
+
+    /// [`Server::start`] with more configuration (TOML tables) after `[quotas]`.
+    pub(crate) fn start_with(principals: &[TestPrincipal], quotas: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("kagi.toml");
-        std::fs::write(&config, config_text(dir.path(), principals, quotas)).expect("config");
+        let mut text = config_text(dir.path(), principals, quotas);
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("config");
         let ready_file = dir.path().join("ready.json");
         let log = File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kagi"))
