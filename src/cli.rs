@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 mod certs;
 mod remote;
+mod report;
 mod serve;
 
 use crate::audit::verify::{Filter, VerifyError};
@@ -103,6 +104,10 @@ pub enum Command {
     /// Reads the audit trail: checks its hash chain, shows its records.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Reports every key (spec, state, aliases, last use, rotation, deletion, material expiry),
+    /// flagging unused keys and keys pending deletion that are still used. Reads a stopped
+    /// server's data directory.
+    Report(report::ReportArgs),
 }
 
 /// `kagi audit …`.
@@ -581,6 +586,16 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     // A running server owns the directory: go through its API. Otherwise hold a shared lock so
     // no server starts while this command works on the directory.
     let _lock = match remote::access(&args.data_dir)? {
+        remote::Access::Remote(info) if matches!(args.command, Command::Report(_)) => {
+            return Err(Error::new(
+                exit_code::USAGE,
+                format!(
+                    "kagi report reads the data directory directly, and the server at {} holds \
+                     it: stop the server first",
+                    info.api
+                ),
+            ));
+        }
         remote::Access::Remote(info) => return remote::run(&info, &out, args.command).await,
         remote::Access::Direct(lock) => lock,
     };
@@ -588,6 +603,9 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     let ctx = cli_context(&keystore)?;
     match args.command {
         Command::Init | Command::Demo | Command::Audit(_) | Command::Serve(_) => Ok(()),
+        Command::Report(report) => {
+            report::run(&keystore, &args.data_dir, args.output, &report).await
+        }
         Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,
         Command::Aliases(command) => aliases(&keystore, &ctx, &out, command).await,
         Command::Certs(command) => certs::run(keystore, &ctx, &out, &args.data_dir, command).await,

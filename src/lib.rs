@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod error;
 pub mod keystore;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod server;
 pub mod tls;

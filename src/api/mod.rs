@@ -90,6 +90,8 @@ pub(crate) struct Call<'a> {
     pub(crate) operation: &'static str,
     /// The key the request concerned, once known (for the log line).
     pub(crate) key_arn: Option<String>,
+    /// Its spec, when authorization resolved the key (for the per-key metrics).
+    pub(crate) key_spec: Option<keystore::KeySpec>,
     pub(crate) dry_run: bool,
 }
 
@@ -152,7 +154,7 @@ impl Api {
     ) -> http::Response<Bytes> {
         let start = Instant::now();
         let request_id = self.request_id();
-        let mut log = LogLine { operation: "-", principal: "-".into(), key: None };
+        let mut log = LogLine { operation: "-", principal: "-".into(), key: None, key_spec: None };
         let answer = self.answer(parts, body, peer, &request_id, &mut log).await;
         let (status, body, code) = match answer {
             Ok(value) => (200, serde_json::to_vec(&value).unwrap_or_default(), None),
@@ -164,6 +166,7 @@ impl Api {
         let elapsed = start.elapsed();
         let outcome = code.unwrap_or("success");
         self.metrics.api_request(log.operation, outcome, elapsed);
+        self.count_key_operation(&log, outcome).await;
         tracing::info!(
             target: "kagi::api",
             method = %parts.method,
@@ -246,6 +249,7 @@ impl Api {
             ctx,
             operation: operation.name,
             key_arn: None,
+            key_spec: None,
             dry_run: false,
         };
         if !self.limiter.try_acquire_at(
@@ -267,6 +271,7 @@ impl Api {
         self.check_grant_tokens(&call, &input).await?;
         let result = self.dispatch(&mut call, input).await;
         log.key = call.key_arn.take();
+        log.key_spec = call.key_spec;
         result
     }
 
@@ -300,6 +305,7 @@ impl Api {
     ) -> Result<AccessTarget, ApiError> {
         let target = self.keystore.access_target(key_ref).await?;
         call.key_arn = Some(target.arn.clone());
+        call.key_spec = Some(target.spec());
         let partition = self.keystore.partition();
         let request = policy::Request {
             principal_arn: &call.principal_arn,
@@ -388,6 +394,22 @@ impl Api {
         Some(policy)
     }
 
+    /// Counts a request that named an existing key in the per-key metrics. The spec comes from
+    /// authorization; the few operations that name a key without it (CreateKey, RetireGrant by
+    /// token) look it up.
+    async fn count_key_operation(&self, log: &LogLine, outcome: &str) {
+        let Some(arn) = log.key.as_deref() else { return };
+        let Some(key_id) = crate::metrics::keys::key_id_of_arn(arn) else { return };
+        let spec = match log.key_spec {
+            Some(spec) => spec,
+            None => match self.keystore.access_target(arn).await {
+                Ok(target) => target.spec(),
+                Err(_) => return,
+            },
+        };
+        self.metrics.keys().operation(log.operation, key_id, spec, outcome);
+    }
+
     /// Notes a successful cryptographic use of a key (GetKeyLastUsage).
     pub(crate) fn note_use(&self, call: &Call<'_>, key_arn: &str) {
         let mut uses = self.last_use.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -416,4 +438,5 @@ struct LogLine {
     operation: &'static str,
     principal: String,
     key: Option<String>,
+    key_spec: Option<keystore::KeySpec>,
 }

@@ -51,6 +51,9 @@ pub struct Config {
     pub quotas: Quotas,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Webhooks key state changes are POSTed to (`[[webhooks]] url = "http://…"`), in order.
+    /// Plain HTTP only, for a local relay: notifications carry ids and states, no secrets.
+    pub webhooks: Vec<http::Uri>,
 }
 
 /// The KMS API listener.
@@ -268,8 +271,14 @@ impl Builder<'_> {
             Some(raw) => self.audit(raw)?,
             None => AuditConfig::default(),
         };
+        let webhooks = raw
+            .webhooks
+            .into_iter()
+            .map(|webhook| self.webhook(&webhook.url))
+            .collect::<Result<_, _>>()?;
         Ok(Config {
             audit,
+            webhooks,
             data_dir: self.path(&keystore.data_dir),
             backend,
             partition,
@@ -279,6 +288,15 @@ impl Builder<'_> {
             principals: Arc::new(principals),
             quotas,
         })
+    }
+
+    fn webhook(&self, url: &Spanned<String>) -> Result<http::Uri, ConfigError> {
+        let uri: http::Uri =
+            url.get_ref().parse().map_err(|e| self.error(url, format!("invalid URL: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(self.error(url, "a webhook URL is http://host[:port]/path"));
+        }
+        Ok(uri)
     }
 
     fn audit(&self, raw: raw::Audit) -> Result<AuditConfig, ConfigError> {

@@ -21,6 +21,17 @@ pub struct Config {
     pub quotas: Option<Quotas>,
     /// `[audit]`.
     pub audit: Option<Audit>,
+    /// `[[webhooks]]`.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// `[[webhooks]]`: where key state changes are POSTed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://host:port/path`.
+    pub url: Spanned<String>,
 }
 
 /// `[audit]`: the trail. Paths are relative to the data directory.

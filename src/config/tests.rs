@@ -117,3 +117,16 @@ fn secrets_come_from_files() {
     assert_eq!(alice.quotas, Quotas::default());
     assert!(!alice.administrator);
 }
+
+#[test]
+fn webhooks_are_plain_http_urls() {
+    let config =
+        parse(&format!("{MINIMAL}[[webhooks]]\nurl = \"http://127.0.0.1:9000/kagi\"\n")).unwrap();
+    assert_eq!(config.webhooks.len(), 1);
+    assert_eq!(config.webhooks[0].port_u16(), Some(9000));
+    assert!(parse(MINIMAL).unwrap().webhooks.is_empty());
+    for bad in ["https://example.com/", "not a url", "/relative"] {
+        let text = format!("{MINIMAL}[[webhooks]]\nurl = {bad:?}\n");
+        assert!(parse(&text).is_err(), "{bad}");
+    }
+}

@@ -29,6 +29,11 @@ impl AccessTarget {
     pub fn grants(&self) -> &[GrantRecord] {
         &self.key.record.grants
     }
+
+    /// The key's spec (a bounded metric label).
+    pub fn spec(&self) -> super::KeySpec {
+        self.key.record.spec
+    }
 }
 
 impl Keystore {

@@ -119,12 +119,26 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    /// The key the operation was refused on, when the refusal is about that key's state: the
+    /// audit line names it, so attempts to use a key pending deletion show in the trail.
+    key_arn: Option<String>,
 }
 
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), key_arn: None }
+    }
+
+    /// The error, naming the key it concerns.
+    pub(crate) fn for_key(mut self, key_arn: &str) -> Self {
+        self.key_arn = Some(key_arn.to_owned());
+        self
+    }
+
+    /// The key the error concerns, for a refusal because of that key's state.
+    pub fn key_arn(&self) -> Option<&str> {
+        self.key_arn.as_deref()
     }
 
     /// The kind.

@@ -35,6 +35,10 @@ pub enum OperationClass {
 /// # Errors
 /// The AWS error for the combination; deleted keys are `NotFoundException` everywhere.
 pub fn check(class: OperationClass, key: &KeyRecord, arn: &str) -> Result<(), Error> {
+    check_state(class, key, arn).map_err(|error| error.for_key(arn))
+}
+
+fn check_state(class: OperationClass, key: &KeyRecord, arn: &str) -> Result<(), Error> {
     use KeyState as S;
     use OperationClass as C;
     let disabled = || Error::new(ErrorKind::Disabled, format!("{arn} is disabled."));

@@ -28,8 +28,10 @@ pub mod clock;
 mod error;
 pub mod grants;
 pub mod import;
+mod inventory;
 pub mod key;
 pub mod lifecycle;
+pub mod observe;
 pub mod operations;
 mod root;
 pub mod rotation;
@@ -46,6 +48,7 @@ pub use ciphertext::EncryptionContext;
 pub use error::{Error, ErrorKind};
 pub use grants::{CreatedGrant, GrantEntry, GrantRef, NewGrant, Retirer};
 pub use import::{ImportParameters, ImportRequest, ImportType, WrappingAlgorithm};
+pub use inventory::{InventoryKey, InventoryVersion};
 pub use key::{
     GrantConstraints, GrantOperation, GrantRecord, KeySpec, KeyState, KeyUsage, Origin, UnixSeconds,
 };
@@ -114,6 +117,8 @@ pub struct Keystore {
     /// Serializes this process's changes to keys, so they do not spin on compare-and-swap
     /// conflicts among themselves; the store's compare-and-swap still guards other processes.
     write_lock: tokio::sync::Mutex<()>,
+    /// Who hears of seals and audited events (metrics, notifications), once the server sets it.
+    observer: std::sync::OnceLock<Arc<dyn observe::KeyObserver>>,
 }
 
 /// A key as cached: its record and its unsealed versions.
@@ -285,7 +290,18 @@ impl Keystore {
             cache: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             write_lock: tokio::sync::Mutex::new(()),
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the observer told of seals and audited events; a keystore has at most one (the
+    /// server's), so a second call is ignored and answers false.
+    pub fn set_observer(&self, observer: Arc<dyn observe::KeyObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    pub(crate) fn observer(&self) -> Option<&dyn observe::KeyObserver> {
+        self.observer.get().map(|observer| &**observer)
     }
 
     /// The crypto backend in use.

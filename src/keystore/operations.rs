@@ -804,6 +804,9 @@ impl Keystore {
             BlobHeader { key_id: key.uuid, version: version.record.version, nonce }.encode();
         let aad = ciphertext::associated_data(&header, context);
         let sealed = self.backend.seal(aes, &nonce, &aad, plaintext)?;
+        if let Some(observer) = self.observer() {
+            observer.sealed(&key.record.id, version.record.version, plaintext.len());
+        }
         let mut blob = Vec::with_capacity(header.len() + sealed.len());
         blob.extend_from_slice(&header);
         blob.extend_from_slice(&sealed);

@@ -2974,4 +2974,89 @@ async fn sweep_racing_cancel_key_deletion() {
     assert_eq!(plaintext.plaintext.expose_secret(), b"keep me");
 }
 
+/// An observer that keeps what it is told.
+#[derive(Debug, Default)]
+struct RecordingObserver {
+    seals: Mutex<Vec<(String, u32, usize)>>,
+    events: Mutex<Vec<String>>,
+    audit_failures: Mutex<Vec<String>>,
+}
+
+impl observe::KeyObserver for RecordingObserver {
+    fn sealed(&self, key_id: &str, version: u32, plaintext_bytes: usize) {
+        self.seals.lock().expect("lock").push((key_id.to_owned(), version, plaintext_bytes));
+    }
+
+    fn recorded(&self, event: &AuditEvent) {
+        self.events.lock().expect("lock").push(event.operation.clone());
+    }
+
+    fn audit_failed(&self, operation: &str) {
+        self.audit_failures.lock().expect("lock").push(operation.to_owned());
+    }
+}
+
+#[tokio::test]
+async fn the_observer_hears_every_seal_by_version_and_every_audited_event() {
+    let h = harness();
+    let observer = Arc::new(RecordingObserver::default());
+    assert!(h.ks.set_observer(Arc::clone(&observer) as Arc<dyn observe::KeyObserver>));
+    assert!(!h.ks.set_observer(Arc::new(RecordingObserver::default())), "one observer");
+    let id = h.symmetric().await;
+    let sym = EncryptionAlgorithm::SymmetricDefault;
+    h.ks.encrypt(&ctx(), &id, b"12345", &no_context(), sym).await.expect("encrypt");
+    h.ks.rotate_key_on_demand(&ctx(), &id).await.expect("rotate");
+    h.ks.encrypt(&ctx(), &id, b"123", &no_context(), sym).await.expect("encrypt");
+    h.ks.generate_data_key(&ctx(), &id, DataKeySize::Aes256, &no_context(), true)
+        .await
+        .expect("data key");
+    let seals = observer.seals.lock().expect("lock").clone();
+    assert_eq!(seals, [(id.clone(), 1, 5), (id.clone(), 2, 3), (id.clone(), 2, 32)]);
+    let events = observer.events.lock().expect("lock").clone();
+    assert_eq!(events, ["CreateKey", "Encrypt", "RotateKeyOnDemand", "Encrypt", "GenerateDataKey"]);
+    h.audit.fail.store(true, Ordering::SeqCst);
+    let failed = h.ks.encrypt(&ctx(), &id, b"x", &no_context(), sym).await;
+    assert_eq!(failed.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::Internal));
+    assert_eq!(*observer.audit_failures.lock().expect("lock"), ["Encrypt"]);
+}
+
+#[tokio::test]
+async fn a_refusal_for_the_key_state_names_the_key_in_its_audit_line() {
+    let h = harness();
+    let id = h.symmetric().await;
+    h.ks.schedule_key_deletion(&ctx(), &id, Some(7)).await.expect("schedule");
+    let sym = EncryptionAlgorithm::SymmetricDefault;
+    let refused = h.ks.encrypt(&ctx(), &id, b"x", &no_context(), sym).await;
+    assert_eq!(refused.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidState));
+    let last = h.audit.events().pop().expect("a line");
+    assert_eq!(last.operation, "Encrypt");
+    assert_eq!(last.outcome, Outcome::Failure);
+    assert_eq!(last.key_arn, Some(h.ks.key_arn(&id)));
+    // Unknown keys are not named (there is no key to name).
+    let missing = h.ks.encrypt(&ctx(), "alias/none", b"x", &no_context(), sym).await;
+    assert!(missing.is_err());
+    assert_eq!(h.audit.events().pop().expect("a line").key_arn, None);
+}
+
+#[tokio::test]
+async fn the_inventory_lists_keys_with_versions_and_aliases_without_auditing() {
+    let h = harness();
+    let id = h.symmetric().await;
+    let other = h.external().await;
+    h.ks.create_alias(&ctx(), "alias/b", &id).await.expect("alias");
+    h.ks.create_alias(&ctx(), "alias/a", &id).await.expect("alias");
+    h.ks.rotate_key_on_demand(&ctx(), &id).await.expect("rotate");
+    let lines = h.audit.events().len();
+    let inventory = h.ks.inventory().await.expect("inventory");
+    assert_eq!(h.audit.events().len(), lines, "the inventory is not audited");
+    assert_eq!(inventory.len(), 2);
+    let key = inventory.iter().find(|k| k.record.id == id).expect("key");
+    assert_eq!(key.aliases, ["alias/a", "alias/b"]);
+    assert_eq!(key.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(key.material_expiry(), None);
+    let pending = inventory.iter().find(|k| k.record.id == other).expect("external");
+    assert_eq!(pending.record.state, KeyState::PendingImport);
+    assert!(pending.versions.is_empty());
+}
+
 mod grants;

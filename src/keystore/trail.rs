@@ -106,7 +106,7 @@ impl Trail<'_> {
                 let (key_arn, key_material_id) = ids(value);
                 self.event(key_arn, key_material_id, context, None)
             }
-            Err(error) => self.event(None, None, context, Some(error)),
+            Err(error) => self.event(error.key_arn(), None, context, Some(error)),
         };
         self.write(event).await?;
         outcome
@@ -183,11 +183,19 @@ impl Trail<'_> {
         let sink = &self.keystore.audit;
         let timeout = sink.timeout();
         let why = match tokio::time::timeout(timeout, sink.record(&event)).await {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => {
+                if let Some(observer) = self.keystore.observer() {
+                    observer.recorded(&event);
+                }
+                return Ok(());
+            }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("the audit line was not durable within {} ms", timeout.as_millis()),
         };
         self.audit_failed.store(true, Ordering::SeqCst);
+        if let Some(observer) = self.keystore.observer() {
+            observer.audit_failed(&event.operation);
+        }
         if event.outcome == Outcome::Success {
             // The success line may still land later (a sink that queued it before the wait gave
             // up): queue its correction without waiting, so the trail then shows the failure.

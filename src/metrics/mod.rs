@@ -1,10 +1,25 @@
 //! The Prometheus registry and each part's metric families, exposed as text on the admin
 //! listener's `/metrics`. Every part registers its families here; names follow Prometheus
 //! conventions (`kagi_` prefix, base units, `_total` counters).
+//!
+//! | part | families | counted by |
+//! |---|---|---|
+//! | API | `kagi_api_*` | [`Metrics::api_request`], once per answered request |
+//! | keys | `kagi_key_*`, `kagi_keys`, `kagi_audit_*` (`keys.rs`) | the API (per key), the keystore through [`KeyObserver`], and [`Metrics::scrape`] (gauges from the inventory) |
+//!
+//! TLS, envelope and proxy families come as their own `XxxMetrics` beside `KeyMetrics`,
+//! registered in [`Metrics::new`].
+
+pub mod keys;
 
 use std::time::Duration;
 
 use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::audit::AuditEvent;
+use crate::keystore::Keystore;
+use crate::keystore::observe::KeyObserver;
+pub use keys::KeyMetrics;
 
 /// The registry and its families.
 #[derive(Debug)]
@@ -12,6 +27,11 @@ pub struct Metrics {
     registry: Registry,
     api_requests: IntCounterVec,
     api_duration: HistogramVec,
+    api_throttled: IntCounterVec,
+    api_access_denied: IntCounterVec,
+    keys: KeyMetrics,
+    /// One scrape at a time: a refresh resets the gauges before it sets them.
+    scrape_lock: tokio::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -44,15 +64,71 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
+        let api_throttled = IntCounterVec::new(
+            Opts::new(
+                "kagi_api_throttled_requests_total",
+                "KMS API requests refused with ThrottlingException (request quota), by operation.",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let api_access_denied = IntCounterVec::new(
+            Opts::new(
+                "kagi_api_access_denied_total",
+                "KMS API requests refused with AccessDeniedException (key policy, grants or \
+                 account actions), by operation.",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(api_requests.clone())).expect("registered once");
         registry.register(Box::new(api_duration.clone())).expect("registered once");
-        Self { registry, api_requests, api_duration }
+        registry.register(Box::new(api_throttled.clone())).expect("registered once");
+        registry.register(Box::new(api_access_denied.clone())).expect("registered once");
+        let keys = KeyMetrics::register(&registry);
+        Self {
+            registry,
+            api_requests,
+            api_duration,
+            api_throttled,
+            api_access_denied,
+            keys,
+            scrape_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Counts one answered API request.
     pub fn api_request(&self, operation: &str, outcome: &str, elapsed: Duration) {
         self.api_requests.with_label_values(&[operation, outcome]).inc();
         self.api_duration.with_label_values(&[operation]).observe(elapsed.as_secs_f64());
+        match outcome {
+            "ThrottlingException" => self.api_throttled.with_label_values(&[operation]).inc(),
+            "AccessDeniedException" => self.api_access_denied.with_label_values(&[operation]).inc(),
+            _ => {}
+        }
+    }
+
+    /// The registry, for parts that own their families (`notify`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The key families.
+    pub fn keys(&self) -> &KeyMetrics {
+        &self.keys
+    }
+
+    /// Refreshes the gauges from `keystore`'s inventory, then renders every family. When the
+    /// store cannot be read the gauges keep their last values (and the scrape still answers).
+    pub async fn scrape(&self, keystore: &Keystore) -> String {
+        let _one_at_a_time = self.scrape_lock.lock().await;
+        match keystore.inventory().await {
+            Ok(inventory) => self.keys.refresh(&inventory, keystore.now()),
+            Err(error) => {
+                tracing::warn!(target: "kagi::metrics", %error, "cannot read the key inventory");
+            }
+        }
+        self.render()
     }
 
     /// The text exposition of every family.
@@ -61,6 +137,21 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The keystore's observer is the key families.
+impl KeyObserver for Metrics {
+    fn sealed(&self, key_id: &str, version: u32, plaintext_bytes: usize) {
+        self.keys.sealed(key_id, version, plaintext_bytes);
+    }
+
+    fn recorded(&self, event: &AuditEvent) {
+        self.keys.recorded(event);
+    }
+
+    fn audit_failed(&self, operation: &str) {
+        self.keys.audit_failed(operation);
     }
 }
 

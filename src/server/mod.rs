@@ -1,6 +1,6 @@
 //! `kagi serve`: the KMS API on its TLS listener (HTTP/1.1 and HTTP/2, certificates from the
-//! store with keys in the keystore, see `tls`), the admin listener
-//! (`/metrics`, `/healthz`), the background sweeper, and graceful shutdown.
+//! store with keys in the keystore, see `tls`), the admin listener (`/metrics`, `/healthz`,
+//! `/readyz`: `admin.rs`), the background sweeper, and graceful shutdown.
 //!
 //! Listeners bind the configured addresses (port 0 picks a free port); once both are
 //! listening, the addresses go to the ready file, so tests and supervisors never guess ports.
@@ -22,10 +22,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
+mod admin;
+
+pub use admin::Readiness;
+
 use crate::api::{Api, ApiError, MAX_BODY};
 use crate::config::Config;
+use crate::keystore::observe::{KeyObserver, Observers};
 use crate::keystore::{Keystore, OpContext};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::tls::SniResolver;
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -67,6 +73,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
+    // The keystore reports seals, audited events and audit failures to the key metrics, and
+    // state changes to the webhooks.
+    let notifier = Arc::new(Notifier::new(config.webhooks.clone(), metrics.registry()));
+    let observers: Vec<Arc<dyn KeyObserver>> = vec![metrics.clone(), notifier.clone()];
+    keystore.set_observer(Arc::new(Observers(observers)));
+    notifier.start();
+    let readiness = Arc::new(Readiness::default());
     let principals = Arc::clone(&config.principals);
     let api =
         Arc::new(Api::new(Arc::clone(&keystore), principals, config.quotas, Arc::clone(&metrics)));
@@ -89,9 +102,15 @@ pub async fn serve(
         Ready { api: api_addr, admin: admin.as_ref().and_then(|l| l.local_addr().ok()), ca_bundle };
     tracing::info!(target: "kagi::server", api = %ready.api, admin = ?ready.admin, ca_bundle = %ready.ca_bundle.display(), "listening");
     on_ready(&ready)?;
+    readiness.set("listeners", true);
     let graceful = GracefulShutdown::new();
-    if let Some(admin) = admin {
-        tokio::spawn(admin_loop(admin, Arc::clone(&metrics)));
+    if let Some(listener) = admin {
+        let admin = admin::Admin {
+            metrics: Arc::clone(&metrics),
+            keystore: Arc::clone(&keystore),
+            readiness: Arc::clone(&readiness),
+        };
+        tokio::spawn(admin::admin_loop(listener, admin));
     }
     tokio::spawn(sweep_loop(Arc::clone(&keystore)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -206,38 +225,6 @@ async fn handshake(
     let server_name = start.client_hello().server_name().map(str::to_owned);
     resolver.prepare(keystore, server_name.as_deref()).await;
     start.into_stream(tls).await
-}
-
-/// `/metrics` and `/healthz` over plain HTTP/1.1.
-async fn admin_loop(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service = service_fn(move |request: http::Request<Incoming>| {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    let (status, content_type, body) = match request.uri().path() {
-                        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
-                        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
-                        _ => (404, "text/plain", "not found\n".to_owned()),
-                    };
-                    let response = http::Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, content_type)
-                        .body(Full::new(Bytes::from(body)))
-                        .unwrap_or_default();
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 /// Runs the sweeper periodically: deletions, rotations and expiries that have come due.

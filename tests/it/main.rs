@@ -39,6 +39,19 @@ mod server;
 // renew), and `kagi serve` choosing them by SNI, refusing a disabled key's handshakes.
 mod certs;
 
+// The admin listener after a scripted workload: exact per-key counters, AES-GCM usage per key
+// version, inventory gauges, /readyz, and `promtool check metrics` on the scrape.
+mod metrics;
+
+// config/alerts.yml through promtool: the rules check, and their unit tests pass.
+mod alerts;
+
+// `kagi report` on a data directory: the inventory as table, JSON and HTML, with its flags.
+mod report;
+
+// Webhook notifications of key state changes from `kagi serve`: order, retries, isolation.
+mod notify;
+
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;

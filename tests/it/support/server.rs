@@ -69,25 +69,34 @@ impl Server {
     /// Starts a server knowing `principals`, with the `[quotas]` section `quotas` (TOML lines),
     /// and waits until it listens.
     pub(crate) fn start(principals: &[TestPrincipal], quotas: &str) -> Self {
-        Self::start_with(None, principals, quotas, "")
+        Self::launch(None, principals, quotas, "", "")
+    }
+
+    /// [`Server::start`] with more configuration (TOML tables) after `[quotas]`.
+    pub(crate) fn start_with(principals: &[TestPrincipal], quotas: &str, extra: &str) -> Self {
+        Self::launch(None, principals, quotas, "", extra)
     }
 
     /// Starts a server on an existing data directory, with `api` added to its `[api]` section
     /// (TOML lines).
     pub(crate) fn start_on(data_dir: &Path, principals: &[TestPrincipal], api: &str) -> Self {
-        Self::start_with(Some(data_dir), principals, "", api)
+        Self::launch(Some(data_dir), principals, "", api, "")
     }
 
-    fn start_with(
+    fn launch(
         data_dir: Option<&Path>,
         principals: &[TestPrincipal],
         quotas: &str,
         api: &str,
+        extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_owned);
         let config = dir.path().join("kagi.toml");
-        std::fs::write(&config, config_text(&data_dir, principals, quotas, api)).expect("config");
+        let mut text = config_text(&data_dir, principals, quotas, api);
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("config");
         let ready_file = dir.path().join("ready.json");
         let log = File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kagi"))

@@ -1,0 +1,55 @@
+//! What the keystore tells an observer as it works: each AES-GCM invocation (so usage per key
+//! version can be counted against the invocation limit), each audited event once durable, and
+//! each audit write that failed.
+//!
+//! The keystore knows no metrics library and no notification transport: the server passes in
+//! an observer (`metrics`, webhooks) that must return at once. An observer is never asked for
+//! permission; it cannot fail or delay an operation.
+
+use std::fmt;
+
+use crate::audit::AuditEvent;
+
+/// Receives notice of what the keystore did. Every method has an empty default.
+pub trait KeyObserver: Send + Sync + fmt::Debug {
+    /// `plaintext_bytes` were sealed with AES-256-GCM under version `version` of key `key_id`:
+    /// one invocation of that version's key (NIST SP 800-38D bounds random-nonce invocations at
+    /// 2^32 per key).
+    fn sealed(&self, key_id: &str, version: u32, plaintext_bytes: usize) {
+        let _ = (key_id, version, plaintext_bytes);
+    }
+
+    /// `event` is durable in the audit trail (for a change: about to be committed).
+    fn recorded(&self, event: &AuditEvent) {
+        let _ = event;
+    }
+
+    /// An audit line could not be written (the operation failed closed).
+    fn audit_failed(&self, operation: &str) {
+        let _ = operation;
+    }
+}
+
+/// Several observers, each told everything, in order (metrics, then notifications).
+#[derive(Debug, Default)]
+pub struct Observers(pub Vec<std::sync::Arc<dyn KeyObserver>>);
+
+impl KeyObserver for Observers {
+    fn sealed(&self, key_id: &str, version: u32, plaintext_bytes: usize) {
+        for observer in &self.0 {
+            observer.sealed(key_id, version, plaintext_bytes);
+        }
+    }
+
+    fn recorded(&self, event: &AuditEvent) {
+        for observer in &self.0 {
+            observer.recorded(event);
+        }
+    }
+
+    fn audit_failed(&self, operation: &str) {
+        for observer in &self.0 {
+            observer.audit_failed(operation);
+        }
+    }
+}
