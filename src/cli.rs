@@ -1563,60 +1563,11 @@ impl Printer {
     }
 }
 
-/// KeyMetadata in the AWS shape (the API issue reuses the field names).
+/// KeyMetadata in the AWS shape, plus the key's tags (which AWS lists apart, ListResourceTags).
 fn metadata_json(metadata: &KeyMetadata) -> Value {
-    let r = &metadata.record;
-    let mut document = json!({
-        "KeyId": r.id,
-        "Arn": metadata.arn,
-        "AWSAccountId": metadata.account,
-        "CreationDate": r.created,
-        "Enabled": r.state == keystore::KeyState::Enabled,
-        "Description": r.description,
-        "KeyUsage": r.usage.kms_name(),
-        "KeyState": r.state.kms_name(),
-        "Origin": r.origin.kms_name(),
-        "KeyManager": "CUSTOMER",
-        "KeySpec": r.spec.kms_name(),
-    });
-    if let Some(date) = r.deletion_date {
-        document["DeletionDate"] = json!(date);
-        document["PendingDeletionWindowInDays"] = json!(r.pending_window_days);
-    }
-    if let Some(id) = &metadata.current_material_id {
-        document["CurrentKeyMaterialId"] = json!(id);
-    }
-    if r.origin == Origin::External {
-        document["ExpirationModel"] = json!(if metadata.valid_to.is_some() {
-            "KEY_MATERIAL_EXPIRES"
-        } else {
-            "KEY_MATERIAL_DOES_NOT_EXPIRE"
-        });
-        if let Some(valid_to) = metadata.valid_to {
-            document["ValidTo"] = json!(valid_to);
-        }
-    }
-    match (r.spec.key_pair_spec(), r.usage) {
-        (Some(pair), KeyUsage::SignVerify) => {
-            document["SigningAlgorithms"] =
-                json!(pair.signing_algorithms().iter().map(|a| a.kms_name()).collect::<Vec<_>>());
-        }
-        (_, KeyUsage::KeyAgreement) => document["KeyAgreementAlgorithms"] = json!(["ECDH"]),
-        (_, KeyUsage::GenerateVerifyMac) => {
-            document["MacAlgorithms"] =
-                json!(r.spec.mac_algorithm().map(|a| vec![a.kms_name()]).unwrap_or_default());
-        }
-        _ => {
-            document["EncryptionAlgorithms"] = json!(
-                EncryptionAlgorithm::for_key(r.spec, r.usage)
-                    .iter()
-                    .map(|a| a.kms_name())
-                    .collect::<Vec<_>>()
-            );
-        }
-    }
-    if !r.tags.is_empty() {
-        document["Tags"] = json!(r.tags);
+    let mut document = crate::api::metadata_json(metadata);
+    if !metadata.record.tags.is_empty() {
+        document["Tags"] = json!(metadata.record.tags);
     }
     document
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use kagi::api::client::{CallError, Client, HttpVersion};
 use serde_json::{Value, json};
 
+use crate::support::http_get;
 use crate::support::server::{ADMIN, APP, Server};
 
 const DAY: f64 = 86_400.0;
@@ -257,14 +258,4 @@ pub(crate) fn promtool() -> Option<&'static str> {
     );
     eprintln!("promtool not installed: skipping the promtool checks");
     None
-}
-
-/// A plain HTTP/1.1 GET with std only: returns the whole response.
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use kagi::api::client::HttpVersion;
 use serde_json::{Value, json};
 
+use crate::support::http_get;
 use crate::support::server::{ADMIN, Server};
 
 /// A webhook receiver on a thread: refuses its first `refuse` requests with 500, accepts the
@@ -114,12 +115,4 @@ fn state_changes_reach_the_webhooks_in_order_and_a_dead_one_delays_nothing() {
         )),
         "{metrics}"
     );
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use kagi::api::client::{CallError, HttpVersion};
 use serde_json::{Value, json};
 
+use crate::support::http_get;
 use crate::support::server::{ADMIN, Server};
 
 const ADMIN_KEY: &str = ADMIN.access_key_id;
@@ -140,16 +141,6 @@ fn metrics_count_requests_and_sigterm_drains() {
     assert!(http_get(&server.ready.admin.to_string(), "/healthz").ends_with("ok\n"));
     assert!(server.data_dir().join("api-ca.pem").exists());
     assert!(server.terminate(), "kagi serve exits 0 on SIGTERM");
-}
-
-/// A plain HTTP/1.1 GET with std only: returns the whole response.
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Runs `kagi --data-dir DIR ARGS…` with `env`; returns (exit code, stdout, stderr).

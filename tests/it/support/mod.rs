@@ -122,3 +122,13 @@ impl Kagi {
 pub(crate) fn arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
+
+/// A plain HTTP/1.1 GET with std only (for the admin listener): the whole response.
+pub(crate) fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
