@@ -16,6 +16,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod certs;
+mod check;
 mod remote;
 mod report;
 mod serve;
@@ -101,6 +102,9 @@ pub enum Command {
     Certs(certs::CertsCommand),
     /// Serves the AWS-KMS-compatible API (and later the proxy) from a TOML configuration.
     Serve(serve::ServeArgs),
+    /// Checks a configuration file as `kagi serve` would, without serving; exits 6 naming the
+    /// file and line of the first problem.
+    CheckConfig(check::CheckConfigArgs),
     /// Reads the audit trail: checks its hash chain, shows its records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -550,6 +554,9 @@ where
     if let Command::Serve(serve) = &args.command {
         return serve::run(&args, serve);
     }
+    if let Command::CheckConfig(check) = &args.command {
+        return check::run(check);
+    }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
             Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
@@ -602,7 +609,11 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     let keystore = open(backend, &args.data_dir, &root_source)?;
     let ctx = cli_context(&keystore)?;
     match args.command {
-        Command::Init | Command::Demo | Command::Audit(_) | Command::Serve(_) => Ok(()),
+        Command::Init
+        | Command::Demo
+        | Command::Audit(_)
+        | Command::Serve(_)
+        | Command::CheckConfig(_) => Ok(()),
         Command::Report(report) => {
             report::run(&keystore, &args.data_dir, args.output, &report).await
         }

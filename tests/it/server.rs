@@ -256,3 +256,43 @@ fn policy_parts_kagi_does_not_evaluate_are_noted_in_the_trail() {
     let text = String::from_utf8_lossy(&stdout);
     assert!(text.contains("aws:SourceIp") && text.contains("never matches"), "{text}");
 }
+
+#[test]
+fn check_config_names_the_line_of_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[keystore]\ndata_dir = \"data\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[[principals]]\n\
+         name = \"ops\"\naccess_key_id = \"AKIA0000000000000009\"\nsecret_env = \"KAGI_CHECK_SECRET\"\n",
+    )
+    .unwrap();
+    let run = |file: &std::path::Path, env: &[(&str, &str)]| {
+        kagi(dir.path(), &["check-config", file.to_str().unwrap()], env)
+    };
+    let (code, stdout, stderr) = run(&good, &[("KAGI_CHECK_SECRET", "0123456789abcdef")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(String::from_utf8_lossy(&stdout).contains("ok (api 127.0.0.1:0"));
+    // The secret's variable unset: the line of secret_env.
+    let (code, _, stderr) = run(&good, &[]);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("good.toml:10: ") && stderr.contains("KAGI_CHECK_SECRET"), "{stderr}");
+    // A typo'd key and a bad address.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[keystore]\ndata_dir = \"data\"\n\n[api]\nlisten = \"localhost\"\n")
+        .unwrap();
+    let (code, _, stderr) = run(&bad, &[]);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("bad.toml:5: ") && stderr.contains("not an address"), "{stderr}");
+    // A certificate the store does not have.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let named = dir.path().join("named.toml");
+    std::fs::write(
+        &named,
+        "[keystore]\ndata_dir = \"data\"\n\n[api]\nlisten = \"127.0.0.1:0\"\ncertificate = \"web\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&named, &[]);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("certificate \"web\""), "{stderr}");
+}
