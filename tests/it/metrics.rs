@@ -196,6 +196,7 @@ fn a_workload_moves_exactly_its_keys_counters() {
     assert!(!after.has("kagi_key_seconds_until_material_expiry", &[("key_id", &sym)]));
     assert_eq!(after.value("kagi_audit_write_failures_total", &[("operation", "Encrypt")]), 0.0);
     check_promtool(&after.text);
+    check_dashboard(&after.text);
     // Ready: the listeners are up and the keystore answers.
     let ready = http_get(&server.ready.admin.to_string(), "/readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
@@ -258,4 +259,41 @@ pub(crate) fn promtool() -> Option<&'static str> {
     );
     eprintln!("promtool not installed: skipping the promtool checks");
     None
+}
+
+/// Every metric the Grafana dashboard (config/grafana-dashboard.json) queries is a family the
+/// server exposes in this scrape, or registers (a labelled family shows no series before its
+/// first event: throttles, dropped notifications); histograms by their `_bucket` series.
+fn check_dashboard(scrape: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let path = format!("{root}/config/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exposed: std::collections::BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    for file in ["src/metrics/mod.rs", "src/metrics/keys.rs", "src/notify.rs"] {
+        let source = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        exposed.extend(source.split('"').filter(|s| s.starts_with("kagi_")).map(str::to_owned));
+    }
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("kagi_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(exposed.contains(family), "{}: {name} is not a metric", panel["title"]);
+                queried += 1;
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+    assert!(queried >= 14, "the dashboard queries {queried} metrics");
 }
