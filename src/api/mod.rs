@@ -36,6 +36,25 @@ pub const TARGET_PREFIX: &str = "TrentService.";
 /// imported RSA-4096 key, fits with room to spare).
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// The operations whose input has a DryRun member (kms-service-2.json).
+const DRY_RUN_OPERATIONS: &[&str] = &[
+    "CreateGrant",
+    "Decrypt",
+    "DeriveSharedSecret",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "ReEncrypt",
+    "RetireGrant",
+    "RevokeGrant",
+    "Sign",
+    "Verify",
+    "VerifyMac",
+];
+
 /// An error as the wire carries it.
 #[derive(Clone, Debug)]
 pub struct ApiError {
@@ -267,7 +286,10 @@ impl Api {
             return Err(error.into());
         }
         let input = wire::Input::parse(body)?;
-        call.dry_run = input.opt_bool("DryRun")?.unwrap_or(false);
+        // Only the operations whose input has DryRun honour it; others ignore the member.
+        if DRY_RUN_OPERATIONS.contains(&operation.name) {
+            call.dry_run = input.opt_bool("DryRun")?.unwrap_or(false);
+        }
         self.check_grant_tokens(&call, &input).await?;
         let result = self.dispatch(&mut call, input).await;
         log.key = call.key_arn.take();

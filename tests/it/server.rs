@@ -117,6 +117,13 @@ fn protocol_errors_are_400_with_the_aws_code() {
             assert_eq!(document["__type"], expected);
             assert!(document["message"].is_string());
         }
+        // DryRun is honoured only where the model has it: DescribeKey ignores it, Encrypt stops.
+        let key = client.call("CreateKey", &json!({})).await.unwrap();
+        let key_id = key["KeyMetadata"]["KeyId"].clone();
+        client.call("DescribeKey", &json!({"KeyId": key_id, "DryRun": true})).await.unwrap();
+        let dry = json!({"KeyId": key_id, "Plaintext": "eA==", "DryRun": true});
+        let (status, code, _) = api_error(client.call("Encrypt", &dry).await);
+        assert_eq!((status, code.as_str()), (412, "DryRunOperationException"));
         // An oversized body is refused, not buffered without bound.
         let huge = Bytes::from(vec![b' '; kagi::api::MAX_BODY + 1]);
         let response = client.send_raw("ListKeys", huge, true).await.unwrap();
