@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
-use crate::config::{Principal, Principals, Quotas};
+use crate::config::{Principal, Principals};
 use crate::keystore::{self, AccessTarget, EncryptionContext, ErrorKind, Keystore, OpContext};
 use crate::metrics::Metrics;
 use crate::policy::quota::Limiter;
@@ -142,14 +142,13 @@ impl Api {
     pub fn new(
         keystore: Arc<Keystore>,
         principals: Arc<Principals>,
-        quotas: Quotas,
         metrics: Arc<Metrics>,
     ) -> Self {
         let tracking_start = keystore.now();
         Self {
             keystore,
             principals,
-            limiter: Limiter::new(quotas),
+            limiter: Limiter::default(),
             metrics,
             policies: Mutex::new(HashMap::new()),
             last_use: Mutex::new(HashMap::new()),
@@ -271,7 +270,7 @@ impl Api {
             key_spec: None,
             dry_run: false,
         };
-        if !self.limiter.try_acquire_at(
+        if !self.limiter.try_acquire(
             &principal.name,
             &principal.quotas,
             operation.class,
@@ -326,14 +325,14 @@ impl Api {
         grant_ok: impl Fn(&keystore::GrantRecord) -> bool,
     ) -> Result<AccessTarget, ApiError> {
         let target = self.keystore.access_target(key_ref).await?;
-        call.key_arn = Some(target.arn.clone());
+        call.key_arn = Some(target.arn().to_owned());
         call.key_spec = Some(target.spec());
         let partition = self.keystore.partition();
         let request = policy::Request {
             principal_arn: &call.principal_arn,
             account: &partition.account,
             action,
-            resource: &target.arn,
+            resource: target.arn(),
             encryption_context: context,
         };
         let decision = match self.policy(&target) {
@@ -363,11 +362,12 @@ impl Api {
                     ErrorKind::AccessDenied,
                     format!(
                         "User: {} is not authorized to perform: {action} on resource: {} {why}",
-                        call.principal_arn, target.arn
+                        call.principal_arn,
+                        target.arn()
                     ),
                 );
                 self.keystore
-                    .audit_refusal(&call.ctx, call.operation, Some(&target.arn), &error)
+                    .audit_refusal(&call.ctx, call.operation, Some(target.arn()), &error)
                     .await?;
                 Err(error.into())
             }
@@ -406,13 +406,13 @@ impl Api {
     /// policy that no longer parses allows nothing.
     fn policy(&self, target: &AccessTarget) -> Option<Arc<Policy>> {
         let mut cache = self.policies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((revision, policy)) = cache.get(&target.key_id)
-            && *revision == target.revision
+        if let Some((revision, policy)) = cache.get(target.key_id())
+            && *revision == target.revision()
         {
             return Some(Arc::clone(policy));
         }
-        let policy = Arc::new(Policy::parse(&target.policy).ok()?);
-        cache.insert(target.key_id.clone(), (target.revision, Arc::clone(&policy)));
+        let policy = Arc::new(Policy::parse(target.policy()).ok()?);
+        cache.insert(target.key_id().to_owned(), (target.revision(), Arc::clone(&policy)));
         Some(policy)
     }
 

@@ -31,7 +31,7 @@ pub(crate) struct Operation {
 }
 
 macro_rules! operations {
-    ($($name:ident => $class:ident, $method:ident;)*) => {
+    ($($name:ident => $class:ident, $method:ident $(($($arg:expr),*))?;)*) => {
         /// The operation an `X-Amz-Target` suffix names.
         pub(crate) fn lookup(name: &str) -> Option<Operation> {
             match name {
@@ -51,7 +51,7 @@ macro_rules! operations {
                 input: Input,
             ) -> Result<Value, ApiError> {
                 match call.operation {
-                    $(stringify!($name) => self.$method(call, input).await,)*
+                    $(stringify!($name) => self.$method(call, input $($(, $arg)*)?).await,)*
                     _ => Err(ApiError::new("UnknownOperationException", 400, "")),
                 }
             }
@@ -90,13 +90,13 @@ operations! {
     Encrypt => Symmetric, encrypt;
     Decrypt => Symmetric, decrypt;
     ReEncrypt => Symmetric, re_encrypt;
-    GenerateDataKey => Symmetric, generate_data_key;
-    GenerateDataKeyWithoutPlaintext => Symmetric, generate_data_key_without_plaintext;
+    GenerateDataKey => Symmetric, data_key(true);
+    GenerateDataKeyWithoutPlaintext => Symmetric, data_key(false);
     GenerateRandom => Symmetric, generate_random;
     GenerateMac => Symmetric, generate_mac;
     VerifyMac => Symmetric, verify_mac;
-    GenerateDataKeyPair => Asymmetric, generate_data_key_pair;
-    GenerateDataKeyPairWithoutPlaintext => Asymmetric, generate_data_key_pair_without_plaintext;
+    GenerateDataKeyPair => Asymmetric, data_key_pair(true);
+    GenerateDataKeyPairWithoutPlaintext => Asymmetric, data_key_pair(false);
     Sign => Asymmetric, sign;
     Verify => Asymmetric, verify;
     GetPublicKey => Asymmetric, get_public_key;
@@ -174,6 +174,14 @@ fn refuse_recipient(input: &Input) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// `value` with `member` set to the key material id, when there is one.
+fn with_material_id(mut value: Value, member: &str, id: Option<String>) -> Value {
+    if let Some(id) = id {
+        value[member] = json!(id);
+    }
+    value
 }
 
 pub(super) fn page<T>(page: Page<T>, field: &str, item: impl Fn(&T) -> Value) -> Value {
@@ -425,7 +433,7 @@ impl Api {
         let target = input.key_id("TargetKeyId")?;
         // Both the key the alias leaves and the one it joins must allow it.
         if let Ok(current) = self.keystore.access_target(name).await {
-            self.authorize(call, "kms:UpdateAlias", &current.key_id, None).await?;
+            self.authorize(call, "kms:UpdateAlias", current.key_id(), None).await?;
         }
         self.allow(call, "kms:UpdateAlias", target, None).await?;
         self.keystore.update_alias(&call.ctx, name, target).await?;
@@ -435,7 +443,7 @@ impl Api {
     async fn delete_alias(&self, call: &mut Call<'_>, input: Input) -> Result<Value, ApiError> {
         let name = input.str("AliasName", 1, 256)?;
         if let Ok(current) = self.keystore.access_target(name).await {
-            self.allow(call, "kms:DeleteAlias", &current.key_id, None).await?;
+            self.allow(call, "kms:DeleteAlias", current.key_id(), None).await?;
         }
         self.keystore.delete_alias(&call.ctx, name).await?;
         Ok(json!({}))
@@ -503,7 +511,7 @@ impl Api {
         let bypass = input.opt_bool("BypassPolicyLockoutSafetyCheck")?.unwrap_or(false);
         let key_ref = input.key_id("KeyId")?.to_owned();
         let target = self.authorize(call, "kms:PutKeyPolicy", &key_ref, None).await?;
-        let notes = self.check_new_policy(call, &text, &target.arn, bypass)?;
+        let notes = self.check_new_policy(call, &text, target.arn(), bypass)?;
         if call.dry_run {
             return Err(dry_run_error());
         }
@@ -786,15 +794,12 @@ impl Api {
         self.allow(call, "kms:Decrypt", &key_ref, Some(&context)).await?;
         let out = self.keystore.decrypt(&call.ctx, &blob, &context, key_id, algorithm).await?;
         self.note_use(call, &out.key_arn);
-        let mut value = json!({
+        let value = json!({
             "KeyId": out.key_arn,
             "Plaintext": b64(out.plaintext.expose_secret()),
             "EncryptionAlgorithm": out.algorithm.kms_name(),
         });
-        if let Some(id) = out.key_material_id {
-            value["KeyMaterialId"] = json!(id);
-        }
-        Ok(value)
+        Ok(with_material_id(value, "KeyMaterialId", out.key_material_id))
     }
 
     async fn re_encrypt(&self, call: &mut Call<'_>, input: Input) -> Result<Value, ApiError> {
@@ -825,20 +830,15 @@ impl Api {
             .await?;
         self.note_use(call, &out.source_key_arn);
         self.note_use(call, &out.key_arn);
-        let mut value = json!({
+        let value = json!({
             "CiphertextBlob": b64(&out.ciphertext_blob),
             "SourceKeyId": out.source_key_arn,
             "KeyId": out.key_arn,
             "SourceEncryptionAlgorithm": out.source_algorithm.kms_name(),
             "DestinationEncryptionAlgorithm": out.destination_algorithm.kms_name(),
         });
-        if let Some(id) = out.source_material_id {
-            value["SourceKeyMaterialId"] = json!(id);
-        }
-        if let Some(id) = out.destination_material_id {
-            value["DestinationKeyMaterialId"] = json!(id);
-        }
-        Ok(value)
+        let value = with_material_id(value, "SourceKeyMaterialId", out.source_material_id);
+        Ok(with_material_id(value, "DestinationKeyMaterialId", out.destination_material_id))
     }
 
     async fn data_key(
@@ -888,26 +888,7 @@ impl Api {
         if let Some(plaintext) = &out.plaintext {
             value["Plaintext"] = json!(b64(plaintext.expose_secret()));
         }
-        if let Some(id) = out.key_material_id {
-            value["KeyMaterialId"] = json!(id);
-        }
-        Ok(value)
-    }
-
-    async fn generate_data_key(
-        &self,
-        call: &mut Call<'_>,
-        input: Input,
-    ) -> Result<Value, ApiError> {
-        self.data_key(call, input, true).await
-    }
-
-    async fn generate_data_key_without_plaintext(
-        &self,
-        call: &mut Call<'_>,
-        input: Input,
-    ) -> Result<Value, ApiError> {
-        self.data_key(call, input, false).await
+        Ok(with_material_id(value, "KeyMaterialId", out.key_material_id))
     }
 
     async fn data_key_pair(
@@ -943,26 +924,7 @@ impl Api {
         if let Some(plaintext) = &out.private_key_plaintext {
             value["PrivateKeyPlaintext"] = json!(b64(plaintext.expose_secret()));
         }
-        if let Some(id) = out.key_material_id {
-            value["KeyMaterialId"] = json!(id);
-        }
-        Ok(value)
-    }
-
-    async fn generate_data_key_pair(
-        &self,
-        call: &mut Call<'_>,
-        input: Input,
-    ) -> Result<Value, ApiError> {
-        self.data_key_pair(call, input, true).await
-    }
-
-    async fn generate_data_key_pair_without_plaintext(
-        &self,
-        call: &mut Call<'_>,
-        input: Input,
-    ) -> Result<Value, ApiError> {
-        self.data_key_pair(call, input, false).await
+        Ok(with_material_id(value, "KeyMaterialId", out.key_material_id))
     }
 
     async fn generate_random(&self, call: &mut Call<'_>, input: Input) -> Result<Value, ApiError> {

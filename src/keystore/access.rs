@@ -12,19 +12,31 @@ use super::{Error, Keystore, LoadedKey, OpContext};
 /// The key a request targets, as authorization sees it.
 #[derive(Clone, Debug)]
 pub struct AccessTarget {
-    /// The key id.
-    pub key_id: String,
-    /// The key ARN (policies name resources by it).
-    pub arn: String,
-    /// The key record's revision: a cached parsed policy is valid while this is unchanged.
-    pub revision: u64,
-    /// The key policy document.
-    pub policy: String,
-    /// The key as loaded, for its grants (shared with the cache, not copied per call).
+    /// The key as loaded (shared with the cache, not copied per call).
     key: Arc<LoadedKey>,
 }
 
 impl AccessTarget {
+    /// The key id.
+    pub fn key_id(&self) -> &str {
+        &self.key.record.id
+    }
+
+    /// The key ARN (policies name resources by it).
+    pub fn arn(&self) -> &str {
+        &self.key.arn
+    }
+
+    /// The key record's revision: a cached parsed policy is valid while this is unchanged.
+    pub fn revision(&self) -> u64 {
+        self.key.record.revision
+    }
+
+    /// The key policy document.
+    pub fn policy(&self) -> &str {
+        &self.key.record.policy
+    }
+
     /// The key's grants, as of this request.
     pub fn grants(&self) -> &[GrantRecord] {
         &self.key.record.grants
@@ -49,13 +61,7 @@ impl Keystore {
     /// not checked here (the operation does that after authorization).
     pub async fn access_target(&self, key_ref: &str) -> Result<AccessTarget, Error> {
         let key = self.resolve(key_ref, true).await?;
-        Ok(AccessTarget {
-            key_id: key.record.id.clone(),
-            arn: key.arn.clone(),
-            revision: key.record.revision,
-            policy: key.record.policy.clone(),
-            key: Arc::clone(&key),
-        })
+        Ok(AccessTarget { key })
     }
 
     /// Whether the key `key_ref` names is in a state to encrypt, sign or MAC: what a dry run

@@ -26,26 +26,16 @@ struct Bucket {
 }
 
 /// Token buckets, created on first use.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Limiter {
-    quotas: Quotas,
     buckets: Mutex<HashMap<(String, OperationClass), Bucket>>,
 }
 
 impl Limiter {
-    /// Buckets refilling at `quotas`' rates.
-    pub fn new(quotas: Quotas) -> Self {
-        Self { quotas, buckets: Mutex::new(HashMap::new()) }
-    }
-
-    /// Takes one token from `principal`'s bucket for `class` at time `now` (seconds);
-    /// false when it is empty (the request is throttled).
-    pub fn try_acquire(&self, principal: &str, class: OperationClass, now: f64) -> bool {
-        self.try_acquire_at(principal, &self.quotas, class, now)
-    }
-
-    /// [`Limiter::try_acquire`] at `quotas`' rates (a principal's own quotas).
-    pub fn try_acquire_at(
+    /// Takes one token from `principal`'s bucket for `class` at time `now` (seconds), the
+    /// bucket refilling at `quotas`' rates (the principal's); false when it is empty (the request
+    /// is throttled).
+    pub fn try_acquire(
         &self,
         principal: &str,
         quotas: &Quotas,
@@ -81,23 +71,23 @@ mod tests {
     #[test]
     fn a_bucket_empties_and_refills() {
         let quotas = Quotas { management: 2.0, burst_seconds: 1.0, ..Quotas::default() };
-        let limiter = Limiter::new(quotas);
+        let limiter = Limiter::default();
         let class = OperationClass::Management;
-        assert!(limiter.try_acquire("alice", class, 0.0));
-        assert!(limiter.try_acquire("alice", class, 0.0));
-        assert!(!limiter.try_acquire("alice", class, 0.0));
+        assert!(limiter.try_acquire("alice", &quotas, class, 0.0));
+        assert!(limiter.try_acquire("alice", &quotas, class, 0.0));
+        assert!(!limiter.try_acquire("alice", &quotas, class, 0.0));
         // Others and other classes have their own buckets.
-        assert!(limiter.try_acquire("bob", class, 0.0));
-        assert!(limiter.try_acquire("alice", OperationClass::Symmetric, 0.0));
+        assert!(limiter.try_acquire("bob", &quotas, class, 0.0));
+        assert!(limiter.try_acquire("alice", &quotas, OperationClass::Symmetric, 0.0));
         // Half a second refills one token; a long pause refills only up to capacity.
-        assert!(limiter.try_acquire("alice", class, 0.5));
-        assert!(!limiter.try_acquire("alice", class, 0.5));
-        assert!(limiter.try_acquire("alice", class, 100.0));
-        assert!(limiter.try_acquire("alice", class, 100.0));
-        assert!(!limiter.try_acquire("alice", class, 100.0));
+        assert!(limiter.try_acquire("alice", &quotas, class, 0.5));
+        assert!(!limiter.try_acquire("alice", &quotas, class, 0.5));
+        assert!(limiter.try_acquire("alice", &quotas, class, 100.0));
+        assert!(limiter.try_acquire("alice", &quotas, class, 100.0));
+        assert!(!limiter.try_acquire("alice", &quotas, class, 100.0));
         // A principal's own quotas.
         let slow = Quotas { management: 0.001, ..Quotas::default() };
-        assert!(limiter.try_acquire_at("carol", &slow, class, 0.0));
-        assert!(!limiter.try_acquire_at("carol", &slow, class, 10.0));
+        assert!(limiter.try_acquire("carol", &slow, class, 0.0));
+        assert!(!limiter.try_acquire("carol", &slow, class, 10.0));
     }
 }

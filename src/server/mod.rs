@@ -81,8 +81,7 @@ pub async fn serve(
     notifier.start();
     let readiness = Arc::new(Readiness::default());
     let principals = Arc::clone(&config.principals);
-    let api =
-        Arc::new(Api::new(Arc::clone(&keystore), principals, config.quotas, Arc::clone(&metrics)));
+    let api = Arc::new(Api::new(Arc::clone(&keystore), principals, Arc::clone(&metrics)));
     let (tls, resolver, ca_bundle) = tls_config(config, &keystore).await?;
     let tls = Arc::new(tls);
     let listener = TcpListener::bind(config.api.listen)

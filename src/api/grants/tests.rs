@@ -52,8 +52,7 @@ fn env() -> Env {
         ));
     }
     let config = Config::parse(&text, "test.toml", dir.path()).expect("config");
-    let api =
-        Api::new(Arc::new(keystore), config.principals, config.quotas, Arc::new(Metrics::new()));
+    let api = Api::new(Arc::new(keystore), config.principals, Arc::new(Metrics::new()));
     Env { api, _dir: dir }
 }
 
