@@ -108,6 +108,16 @@ pub enum Command {
     /// Reads the audit trail: checks its hash chain, shows its records.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Runs the sample backend `kagi demo` proxies to (an in-memory object store with echo,
+    /// slow, streaming and WebSocket endpoints), on plain HTTP/1.1 and HTTP/2.
+    SampleBackend {
+        /// The listen address (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        listen: std::net::SocketAddr,
+        /// Write the address it listens on here once it does.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Reports every key (spec, state, aliases, last use, rotation, deletion, material expiry),
     /// flagging unused keys and keys pending deletion that are still used. Reads a stopped
     /// server's data directory.
@@ -564,6 +574,25 @@ where
     runtime.block_on(dispatch(args))
 }
 
+/// `kagi sample-backend`: serves until killed.
+async fn sample_backend(
+    listen: std::net::SocketAddr,
+    ready_file: Option<&Path>,
+) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::new(exit_code::FAILURE, format!("cannot listen on {listen}: {e}")))?;
+    let address =
+        listener.local_addr().map_err(|e| Error::new(exit_code::FAILURE, e.to_string()))?;
+    if let Some(path) = ready_file {
+        crate::server::write_atomically(path, address.to_string().as_bytes())
+            .map_err(|e| Error::new(exit_code::FAILURE, format!("{}: {e}", path.display())))?;
+    }
+    eprintln!("sample backend listening on http://{address}");
+    crate::demo::sample_backend(listener).await;
+    Ok(())
+}
+
 async fn dispatch(args: Args) -> Result<(), Error> {
     let backend = BackendKind::from_name(&args.backend)
         .ok_or_else(|| {
@@ -584,6 +613,9 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             return Ok(());
         }
         Command::Demo => return demo(backend).await,
+        Command::SampleBackend { listen, ready_file } => {
+            return sample_backend(*listen, ready_file.as_deref()).await;
+        }
         Command::Audit(command) => {
             return audit_command(&args.data_dir, args.output, command.clone());
         }
@@ -611,6 +643,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     match args.command {
         Command::Init
         | Command::Demo
+        | Command::SampleBackend { .. }
         | Command::Audit(_)
         | Command::Serve(_)
         | Command::CheckConfig(_) => Ok(()),

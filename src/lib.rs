@@ -12,11 +12,13 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod error;
 pub mod keystore;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod proxy;
 pub mod server;
 pub mod tls;
 

@@ -126,7 +126,8 @@ pub(crate) struct LastUse {
 #[derive(Debug)]
 pub struct Api {
     keystore: Arc<Keystore>,
-    principals: Arc<Principals>,
+    /// Replaced whole on a configuration reload; a request keeps the set it started with.
+    principals: std::sync::RwLock<Arc<Principals>>,
     limiter: Limiter,
     metrics: Arc<Metrics>,
     /// Parsed policies by key id, with the revision they were parsed at.
@@ -147,7 +148,7 @@ impl Api {
         let tracking_start = keystore.now();
         Self {
             keystore,
-            principals,
+            principals: std::sync::RwLock::new(principals),
             limiter: Limiter::default(),
             metrics,
             policies: Mutex::new(HashMap::new()),
@@ -155,6 +156,16 @@ impl Api {
             tracking_start,
             started: Instant::now(),
         }
+    }
+
+    /// The principals requests authenticate as, now.
+    pub fn principals(&self) -> Arc<Principals> {
+        Arc::clone(&self.principals.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Replaces the principals (a configuration reload); requests in flight keep the old set.
+    pub fn set_principals(&self, principals: Arc<Principals>) {
+        *self.principals.write().unwrap_or_else(std::sync::PoisonError::into_inner) = principals;
     }
 
     /// The keystore behind the API.
@@ -228,14 +239,14 @@ impl Api {
             body,
         };
         let partition = self.keystore.partition();
+        let principals = self.principals();
         let verified = sigv4::verify(
             request,
             self.keystore.now(),
             |region| region == partition.region,
-            |akid| self.principals.get(akid).map(|p| p.secret.expose_secret()),
+            |akid| principals.get(akid).map(|p| p.secret.expose_secret()),
         )?;
-        let principal = self
-            .principals
+        let principal = principals
             .get(verified.access_key_id)
             .ok_or_else(|| ApiError::from(sigv4::AuthError::UnknownAccessKey))?;
         log.principal.clone_from(&principal.name);

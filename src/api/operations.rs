@@ -285,8 +285,8 @@ impl Api {
                 text.to_owned()
             }
             None => {
-                let administrators: Vec<&str> = self
-                    .principals
+                let principals = self.principals();
+                let administrators: Vec<&str> = principals
                     .iter()
                     .filter(|p| p.administrator)
                     .map(|p| p.name.as_str())

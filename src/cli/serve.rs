@@ -70,7 +70,7 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
                 pid: std::process::id(),
                 api: ready.api.to_string(),
                 ca_bundle: ready.ca_bundle.clone(),
-                region,
+                region: region.clone(),
             };
             lock.publish(&info)
                 .map_err(|e| ServeError(format!("cannot publish the address: {e}")))?;
@@ -81,7 +81,7 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
             }
             Ok(())
         };
-        crate::server::serve(&config, keystore, on_ready, shutdown_signal())
+        crate::server::serve(config, serve.config.as_deref(), keystore, on_ready, shutdown_signal())
             .await
             .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))
     })

@@ -4,7 +4,13 @@
 //! are read from the environment or a file when the configuration is built, and held in
 //! [`SecretBytes`], which never prints.
 
+mod proxy;
 pub mod raw;
+
+pub use proxy::{
+    AccessLogConfig, AccessLogFormat, HostHeader, HostMatch, ListenerConfig, ListenerTls,
+    ProxyConfig, RouteConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,6 +60,8 @@ pub struct Config {
     /// Webhooks key state changes are POSTed to (`[[webhooks]] url = "http://…"`), in order.
     /// Plain HTTP only, for a local relay: notifications carry ids and states, no secrets.
     pub webhooks: Vec<http::Uri>,
+    /// The reverse proxy: listeners, upstream pools, routes.
+    pub proxy: ProxyConfig,
 }
 
 /// The KMS API listener.
@@ -177,6 +185,46 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The settings that differ in `new` but take effect only on a restart, by name: the
+    /// keystore (data directory, backend, region, account, root passphrase), the API and admin
+    /// addresses, the audit trail and the webhooks. Everything else reloads: principals and
+    /// quotas, the API's certificates, and the proxy's listeners, upstreams and routes.
+    pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let checks = [
+            ("[keystore] data_dir", self.data_dir != new.data_dir),
+            ("[keystore] backend", self.backend != new.backend),
+            ("[keystore] region", self.partition.region != new.partition.region),
+            ("[keystore] account", self.partition.account != new.partition.account),
+            ("[keystore] root_passphrase_env", self.root_passphrase_env != new.root_passphrase_env),
+            ("[api] listen", self.api.listen != new.api.listen),
+            ("[admin] listen", self.admin != new.admin),
+            ("[audit]", self.audit != new.audit),
+            ("[[webhooks]]", self.webhooks != new.webhooks),
+        ];
+        for (name, differs) in checks {
+            if differs {
+                changed.push(name);
+            }
+        }
+        changed
+    }
+
+    /// Takes `running`'s values of the settings that need a restart, so this configuration
+    /// describes what actually runs.
+    pub fn keep_restart_only(&mut self, running: &Self) {
+        self.data_dir.clone_from(&running.data_dir);
+        self.backend = running.backend;
+        self.partition = running.partition.clone();
+        self.root_passphrase_env.clone_from(&running.root_passphrase_env);
+        self.api.listen = running.api.listen;
+        self.admin = running.admin;
+        self.audit = running.audit.clone();
+        self.webhooks.clone_from(&running.webhooks);
+    }
+}
+
 /// Turns raw structs into a [`Config`], naming lines in errors.
 struct Builder<'a> {
     text: &'a str,
@@ -276,9 +324,12 @@ impl Builder<'_> {
             .into_iter()
             .map(|webhook| self.webhook(&webhook.url))
             .collect::<Result<_, _>>()?;
+        let taken: Vec<SocketAddr> = std::iter::once(api.listen).chain(admin).collect();
+        let proxy = self.proxy(raw.proxy, raw.listeners, raw.upstreams, raw.routes, &taken)?;
         Ok(Config {
             audit,
             webhooks,
+            proxy,
             data_dir: self.path(&keystore.data_dir),
             backend,
             partition,
@@ -396,7 +447,7 @@ impl Builder<'_> {
 
 /// The absolute directory relative paths in the configuration file at `path` resolve against:
 /// the file's own (for a bare file name, whose parent is "", the current directory).
-fn base_dir(path: &Path) -> PathBuf {
+pub(crate) fn base_dir(path: &Path) -> PathBuf {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned())
 }

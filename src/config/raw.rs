@@ -24,6 +24,101 @@ pub struct Config {
     /// `[[webhooks]]`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// `[proxy]`: settings of the reverse proxy as a whole.
+    pub proxy: Option<Proxy>,
+    /// `[[listeners]]`: where the proxy accepts clients.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// `[[upstreams]]`: pools of backend targets.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// `[[routes]]`: which requests go to which pool, first match in file order.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    /// How long SIGTERM waits for requests in flight, in milliseconds.
+    pub drain_timeout_ms: Option<Spanned<u64>>,
+    /// `json` (default) or `text`.
+    pub access_log_format: Option<Spanned<String>>,
+    /// A file the access log is appended to; `-` or absent: standard output.
+    pub access_log: Option<Spanned<String>>,
+}
+
+/// `[[listeners]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Its name, for routes and logs.
+    pub name: Spanned<String>,
+    /// The listen address.
+    pub listen: Spanned<String>,
+    /// Whether clients speak TLS to it (default true).
+    pub tls: Option<Spanned<bool>>,
+    /// Certificates served, by name in DATA_DIR/certs; the first is the default.
+    pub certificates: Option<Vec<Spanned<String>>>,
+    /// A PEM CA bundle: clients must present a certificate it issued.
+    pub client_ca: Option<Spanned<String>>,
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: Option<Spanned<u64>>,
+    /// How long a client may take to send a request's headers, in milliseconds.
+    pub header_timeout_ms: Option<Spanned<u64>>,
+    /// How long a connection may sit idle between requests, in milliseconds.
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    /// The largest request head (request line and headers), in bytes.
+    pub max_header_bytes: Option<Spanned<u64>>,
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Its name, for routes.
+    pub name: Spanned<String>,
+    /// `host:port` targets, tried round robin.
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    /// Whether kagi speaks TLS to the targets (default false).
+    pub tls: Option<Spanned<bool>>,
+    /// A PEM CA bundle the targets' certificates must chain to (TLS only; default: none,
+    /// which is an error: kagi does not guess a trust store).
+    pub ca: Option<Spanned<String>>,
+    /// The name the targets' certificates must carry (TLS only; default: the target's host).
+    pub server_name: Option<Spanned<String>>,
+    /// `http1` (default) or `http2`.
+    pub protocol: Option<Spanned<String>>,
+    /// How long a connection may take, in milliseconds.
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    /// How long a response's head may take, in milliseconds.
+    pub response_timeout_ms: Option<Spanned<u64>>,
+    /// How long a failed target is skipped, in milliseconds.
+    pub fail_timeout_ms: Option<Spanned<u64>>,
+    /// Idle connections kept per target.
+    pub max_idle_per_target: Option<Spanned<u64>>,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Its name, for logs, metrics and as the principal it acts as.
+    pub name: Spanned<String>,
+    /// The listeners it applies to (default: all).
+    pub listeners: Option<Vec<Spanned<String>>>,
+    /// The host it matches: exact, or `*.example.com` (default: any).
+    pub host: Option<Spanned<String>>,
+    /// The path prefix it matches (default `/`).
+    pub path_prefix: Option<Spanned<String>>,
+    /// The upstream pool requests go to.
+    pub upstream: Spanned<String>,
+    /// The largest request body, in bytes.
+    pub max_body_bytes: Option<Spanned<u64>>,
+    /// The Host the upstream sees: `client` (default: as the client sent it), `upstream`
+    /// (the target's address), or a fixed name.
+    pub host_header: Option<Spanned<String>>,
 }
 
 /// `[[webhooks]]`: where key state changes are POSTed.

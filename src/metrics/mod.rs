@@ -5,12 +5,14 @@
 //! | part | families | counted by |
 //! |---|---|---|
 //! | API | `kagi_api_*` | [`Metrics::api_request`], once per answered request |
+//! | proxy | `kagi_proxy_*`, `kagi_config_*` (`proxy.rs`) | the proxy per request and connection, the reloader |
 //! | keys | `kagi_key_*`, `kagi_keys`, `kagi_audit_*` (`keys.rs`) | the API (per key), the keystore through [`KeyObserver`], and [`Metrics::scrape`] (gauges from the inventory) |
 //!
 //! TLS, envelope and proxy families come as their own `XxxMetrics` beside `KeyMetrics`,
 //! registered in [`Metrics::new`].
 
 pub mod keys;
+pub mod proxy;
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use crate::audit::AuditEvent;
 use crate::keystore::Keystore;
 use crate::keystore::observe::KeyObserver;
 pub use keys::KeyMetrics;
+pub use proxy::ProxyMetrics;
 
 /// The registry and its families.
 #[derive(Debug)]
@@ -30,6 +33,7 @@ pub struct Metrics {
     api_throttled: IntCounterVec,
     api_access_denied: IntCounterVec,
     keys: KeyMetrics,
+    proxy: ProxyMetrics,
     /// One scrape at a time: a refresh resets the gauges before it sets them.
     scrape_lock: tokio::sync::Mutex<()>,
 }
@@ -86,7 +90,9 @@ impl Metrics {
         registry.register(Box::new(api_throttled.clone())).expect("registered once");
         registry.register(Box::new(api_access_denied.clone())).expect("registered once");
         let keys = KeyMetrics::register(&registry);
+        let proxy = ProxyMetrics::register(&registry);
         Self {
+            proxy,
             registry,
             api_requests,
             api_duration,
@@ -116,6 +122,11 @@ impl Metrics {
     /// The key families.
     pub fn keys(&self) -> &KeyMetrics {
         &self.keys
+    }
+
+    /// The proxy's and reloads' families.
+    pub fn proxy(&self) -> &ProxyMetrics {
+        &self.proxy
     }
 
     /// Refreshes the gauges from `keystore`'s inventory, then renders every family. When the

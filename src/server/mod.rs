@@ -5,6 +5,7 @@
 //! Listeners bind the configured addresses (port 0 picks a free port); once both are
 //! listening, the addresses go to the ready file, so tests and supervisors never guess ports.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,8 +19,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
 mod admin;
@@ -27,12 +28,13 @@ mod admin;
 pub use admin::Readiness;
 
 use crate::api::{Api, ApiError, MAX_BODY};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::keystore::observe::{KeyObserver, Observers};
 use crate::keystore::{Keystore, OpContext};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::tls::SniResolver;
+use crate::proxy::{Drain, Listeners, Snapshot};
+use crate::tls::{SessionState, SniResolver};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,8 +42,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for requests in flight.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the sweeper runs (deletions due, rotations due, imported material expired).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -59,17 +59,29 @@ pub struct Ready {
     pub admin: Option<SocketAddr>,
     /// The PEM file clients trust for the API's certificate (`--ca-bundle`).
     pub ca_bundle: PathBuf,
+    /// The proxy's listeners, by name.
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+/// The API listener's TLS, replaced on reload (new or renewed certificates).
+#[derive(Debug)]
+struct ApiTls {
+    config: Arc<rustls::ServerConfig>,
+    resolver: Arc<SniResolver>,
 }
 
 /// Serves until `shutdown` completes, then drains. `on_ready` runs once every listener is up
-/// (to write a ready file, publish the address in the lock file).
+/// (to write a ready file, publish the address in the lock file), and again after each reload
+/// that moves a listener. With `config_path`, SIGHUP and changes to that file reload the
+/// configuration (see [`reload`]).
 ///
 /// # Errors
 /// When a listener cannot bind, the TLS configuration cannot be built, or `on_ready` fails.
 pub async fn serve(
-    config: &Config,
+    config: Config,
+    config_path: Option<&Path>,
     keystore: Arc<Keystore>,
-    on_ready: impl FnOnce(&Ready) -> Result<(), ServeError>,
+    mut on_ready: impl FnMut(&Ready) -> Result<(), ServeError>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
@@ -80,10 +92,19 @@ pub async fn serve(
     keystore.set_observer(Arc::new(Observers(observers)));
     notifier.start();
     let readiness = Arc::new(Readiness::default());
-    let principals = Arc::clone(&config.principals);
-    let api = Arc::new(Api::new(Arc::clone(&keystore), principals, Arc::clone(&metrics)));
-    let (tls, resolver, ca_bundle) = tls_config(config, &keystore).await?;
-    let tls = Arc::new(tls);
+    let api = Arc::new(Api::new(
+        Arc::clone(&keystore),
+        Arc::clone(&config.principals),
+        Arc::clone(&metrics),
+    ));
+    let sessions = SessionState::new().map_err(|e| ServeError(e.to_string()))?;
+    let (api_tls, ca_bundle) = api_tls(&config, &keystore, &sessions).await?;
+    let (api_tls, api_tls_rx) = watch::channel(Arc::new(api_tls));
+    let snapshot =
+        Snapshot::build(&config.proxy, &keystore, &config.data_dir, &sessions, metrics.proxy())
+            .await
+            .map_err(ServeError)?;
+    let (snapshots, snapshots_rx) = watch::channel(Arc::new(snapshot));
     let listener = TcpListener::bind(config.api.listen)
         .await
         .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.api.listen)))?;
@@ -97,12 +118,26 @@ pub async fn serve(
         }
         None => None,
     };
-    let ready =
-        Ready { api: api_addr, admin: admin.as_ref().and_then(|l| l.local_addr().ok()), ca_bundle };
-    tracing::info!(target: "kagi::server", api = %ready.api, admin = ?ready.admin, ca_bundle = %ready.ca_bundle.display(), "listening");
+    let drain = Arc::new(Drain::new());
+    let mut listeners = Listeners::new(
+        snapshots_rx,
+        Arc::clone(&keystore),
+        metrics.proxy().clone(),
+        Arc::clone(&drain),
+    );
+    let bound = listeners.bind(&config.proxy).await.map_err(ServeError)?;
+    listeners.start(&config.proxy, bound);
+    let mut ready = Ready {
+        api: api_addr,
+        admin: admin.as_ref().and_then(|l| l.local_addr().ok()),
+        ca_bundle,
+        listeners: listeners.addresses(),
+    };
+    tracing::info!(target: "kagi::server", api = %ready.api, admin = ?ready.admin, listeners = ?ready.listeners, ca_bundle = %ready.ca_bundle.display(), "listening");
     on_ready(&ready)?;
+    metrics.proxy().loaded();
     readiness.set("listeners", true);
-    let graceful = GracefulShutdown::new();
+    readiness.set("config", true);
     if let Some(listener) = admin {
         let admin = admin::Admin {
             metrics: Arc::clone(&metrics),
@@ -112,11 +147,156 @@ pub async fn serve(
         tokio::spawn(admin::admin_loop(listener, admin));
     }
     tokio::spawn(sweep_loop(Arc::clone(&keystore)));
+    let (stop_api, api_stopped) = watch::channel(false);
+    tokio::spawn(api_loop(
+        listener,
+        api_tls_rx,
+        Arc::clone(&keystore),
+        Arc::clone(&api),
+        Arc::clone(&drain),
+        api_stopped,
+    ));
+    let mut reloader = Reloader {
+        path: config_path.map(Path::to_owned),
+        current: config,
+        last_text: config_path.and_then(|path| std::fs::read_to_string(path).ok()),
+        keystore: Arc::clone(&keystore),
+        sessions,
+        metrics: Arc::clone(&metrics),
+        api: Arc::clone(&api),
+        api_tls,
+        snapshots,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| ServeError(format!("cannot watch SIGHUP: {e}")))?;
+    let mut poll = tokio::time::interval(CONFIG_POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let forced = tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => true,
+            _ = poll.tick() => false,
+        };
+        if !forced && !reloader.file_changed() {
+            continue;
+        }
+        let good = reloader.reload(&mut listeners).await;
+        readiness.set("config", good);
+        if good {
+            ready.listeners = listeners.addresses();
+            if let Err(error) = on_ready(&ready) {
+                tracing::warn!(target: "kagi::server", %error, "cannot publish the listeners' addresses");
+            }
+        }
+    }
+    let drain_timeout = reloader.current.proxy.drain_timeout;
+    tracing::info!(target: "kagi::server", "shutting down: draining requests in flight");
+    let _ = stop_api.send(true);
+    listeners.stop_all();
+    if !drain.finish(drain_timeout).await {
+        tracing::warn!(target: "kagi::server", "drain timed out; closing the remaining connections");
+    }
+    Ok(())
+}
+
+/// How often the configuration file is checked for changes.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reloads the configuration: on SIGHUP, and when the file's content changes.
+struct Reloader {
+    path: Option<PathBuf>,
+    current: Config,
+    last_text: Option<String>,
+    keystore: Arc<Keystore>,
+    sessions: SessionState,
+    metrics: Arc<Metrics>,
+    api: Arc<Api>,
+    api_tls: watch::Sender<Arc<ApiTls>>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Reloader {
+    /// Whether the file's content differs from what was last loaded (or tried).
+    fn file_changed(&mut self) -> bool {
+        let Some(path) = &self.path else { return false };
+        let Ok(text) = std::fs::read_to_string(path) else { return false };
+        if self.last_text.as_ref() == Some(&text) {
+            return false;
+        }
+        true
+    }
+
+    /// Loads, checks and builds the new configuration whole, then publishes it; on any
+    /// problem, logs one line and keeps the current one. Returns whether it took.
+    async fn reload(&mut self, listeners: &mut Listeners) -> bool {
+        let Some(path) = self.path.clone() else {
+            tracing::info!(target: "kagi::server", "reload: running on the embedded default, nothing to reload");
+            return true;
+        };
+        match self.try_reload(&path, listeners).await {
+            Ok(()) => {
+                self.metrics.proxy().reload(true);
+                tracing::info!(target: "kagi::server", config = %path.display(), "configuration reloaded");
+                true
+            }
+            Err(error) => {
+                self.metrics.proxy().reload(false);
+                tracing::error!(target: "kagi::server", %error, "configuration reload rejected; the previous configuration keeps serving");
+                false
+            }
+        }
+    }
+
+    async fn try_reload(&mut self, path: &Path, listeners: &mut Listeners) -> Result<(), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
+        // A file that cannot be read is tried again only once it changes.
+        self.last_text = text.as_ref().ok().cloned();
+        let text = text?;
+        let config = Config::parse(&text, &path.display().to_string(), &config::base_dir(path))
+            .map_err(|e| e.to_string())?;
+        let fixed = self.current.restart_only_changes(&config);
+        let snapshot = Snapshot::build(
+            &config.proxy,
+            &self.keystore,
+            &self.current.data_dir,
+            &self.sessions,
+            self.metrics.proxy(),
+        )
+        .await?;
+        let (api_tls, _) =
+            api_tls(&config, &self.keystore, &self.sessions).await.map_err(|e| e.to_string())?;
+        let bound = listeners.bind(&config.proxy).await?;
+        // Everything is ready: publish. New connections take the new snapshot; those open
+        // keep theirs until they close.
+        self.snapshots.send_replace(Arc::new(snapshot));
+        self.api_tls.send_replace(Arc::new(api_tls));
+        self.api.set_principals(Arc::clone(&config.principals));
+        listeners.start(&config.proxy, bound);
+        for setting in fixed {
+            tracing::warn!(target: "kagi::server", %setting, "this setting changed but takes effect only on restart");
+        }
+        // Settings that need a restart keep their running values.
+        let mut config = config;
+        config.keep_restart_only(&self.current);
+        self.current = config;
+        Ok(())
+    }
+}
+
+/// Accepts API connections until stopped.
+async fn api_loop(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<ApiTls>>,
+    keystore: Arc<Keystore>,
+    api: Arc<Api>,
+    drain: Arc<Drain>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its headers (slowloris) is cut off.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -128,23 +308,22 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let tls = Arc::clone(&tls);
-        let resolver = Arc::clone(&resolver);
+        let tls = Arc::clone(&tls.borrow());
         let keystore = Arc::clone(&keystore);
         let api = Arc::clone(&api);
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let Some(watcher) = drain.watcher() else { break };
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
+            let stream = match tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                handshake(stream, tls, &resolver, &keystore),
+                handshake(stream, &tls, &keystore),
             )
             .await
             {
-                Ok(Ok(tls)) => tls,
+                Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     tracing::debug!(target: "kagi::server", %peer, %error, "TLS handshake failed");
                     return;
@@ -155,18 +334,12 @@ pub async fn serve(
                 let api = Arc::clone(&api);
                 async move { Ok::<_, Infallible>(answer(&api, request, peer).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(target: "kagi::server", %peer, %error, "connection ended");
             }
         });
     }
-    tracing::info!(target: "kagi::server", "shutting down: draining requests in flight");
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!(target: "kagi::server", "drain timed out; closing the remaining connections");
-    }
-    Ok(())
 }
 
 async fn answer(
@@ -190,11 +363,12 @@ async fn answer(
 }
 
 /// The TLS configuration of the API listener (certificates from the store, keys in the
-/// keystore, chosen by SNI), its resolver, and the PEM file clients should trust.
-async fn tls_config(
+/// keystore, chosen by SNI), and the PEM file clients should trust (written now).
+async fn api_tls(
     config: &Config,
     keystore: &Arc<Keystore>,
-) -> Result<(rustls::ServerConfig, Arc<SniResolver>, PathBuf), ServeError> {
+    sessions: &SessionState,
+) -> Result<(ApiTls, PathBuf), ServeError> {
     let (resolver, trusted) = crate::tls::api_resolver(
         keystore,
         &config.data_dir,
@@ -207,23 +381,22 @@ async fn tls_config(
     write_atomically(&path, trusted.as_bytes())
         .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
     let resolver = Arc::new(resolver);
-    let tls =
-        crate::tls::server_config(Arc::clone(&resolver)).map_err(|e| ServeError(e.to_string()))?;
-    Ok((tls, resolver, path))
+    let tls = crate::tls::server_config(Arc::clone(&resolver), None, sessions)
+        .map_err(|e| ServeError(e.to_string()))?;
+    Ok((ApiTls { config: Arc::new(tls), resolver }, path))
 }
 
 /// Completes a TLS handshake: reads the ClientHello, loads the key of the certificate SNI
 /// chooses into the keystore's cache (the handshake signature is synchronous), then finishes.
 async fn handshake(
     stream: tokio::net::TcpStream,
-    tls: Arc<rustls::ServerConfig>,
-    resolver: &SniResolver,
+    tls: &ApiTls,
     keystore: &Keystore,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let server_name = start.client_hello().server_name().map(str::to_owned);
-    resolver.prepare(keystore, server_name.as_deref()).await;
-    start.into_stream(tls).await
+    tls.resolver.prepare(keystore, server_name.as_deref()).await;
+    start.into_stream(Arc::clone(&tls.config)).await
 }
 
 /// Runs the sweeper periodically: deletions, rotations and expiries that have come due.

@@ -82,22 +82,72 @@ impl TlsError {
     }
 }
 
+/// What every TLS configuration kagi builds shares, for as long as the process runs: the
+/// session ticket keys (rotated by rustls every few hours) and the session cache. A reload
+/// builds new `ServerConfig`s around the same two, so clients resume sessions across it.
+#[derive(Clone, Debug)]
+pub struct SessionState {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    cache: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+impl SessionState {
+    /// New ticket keys and an empty cache.
+    ///
+    /// # Errors
+    /// When the ticketer cannot be created (no randomness).
+    pub fn new() -> Result<Self, TlsError> {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| TlsError::Issue(e.to_string()))?;
+        Ok(Self { ticketer, cache: rustls::server::ServerSessionMemoryCache::new(4096) })
+    }
+}
+
 /// The server configuration kagi's listeners use: the aws-lc-rs provider (named explicitly:
 /// with ring also in the graph, rustls's default provider would be ambiguous), TLS 1.3 and
 /// 1.2 with rustls's default cipher suites and groups (which meet Mozilla's "intermediate"
-/// profile: AEAD suites with forward secrecy only), no client certificates, ALPN h2 then
-/// http/1.1, certificates chosen by `resolver`.
+/// profile: AEAD suites with forward secrecy only), ALPN h2 then http/1.1, certificates chosen
+/// by `resolver`, sessions resumed with `sessions`. With `client_ca`, clients must present a
+/// certificate that chains to one of its certificates.
 ///
 /// # Errors
-/// Only if the provider rejects the protocol versions (it does not).
-pub fn server_config(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig, TlsError> {
+/// When the CA bundle cannot be read or holds no usable certificate.
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    client_ca: Option<&std::path::Path>,
+    sessions: &SessionState,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Issue(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(|e| TlsError::Issue(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let io = |source| TlsError::Io { path: path.to_owned(), source };
+            let certificates: Vec<_> =
+                <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_file_iter(path)
+                    .map_err(|e| io(std::io::Error::other(e.to_string())))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certificates);
+            if added == 0 {
+                return Err(io(std::io::Error::other("holds no usable CA certificate")));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = Arc::clone(&sessions.ticketer);
+    config.session_storage = Arc::clone(&sessions.cache);
     Ok(config)
 }
 

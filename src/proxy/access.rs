@@ -1,0 +1,220 @@
+//! The access log: one line per proxied request, written when its response ends (so the
+//! byte counts and durations are the real ones), as JSON or logfmt text, to a file or
+//! standard output.
+//!
+//! Lines go through a bounded queue to a writer thread: a slow disk never delays a request.
+//! When the queue is full a line is dropped and counted (`kagi_proxy_access_log_dropped_total`),
+//! never waited for. The path is logged without its query string, which often carries tokens.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use serde::Serialize;
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+
+/// Lines queued before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// One request, as logged.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    /// When it started, RFC 3339 UTC.
+    pub time: String,
+    /// The listener it came in on.
+    pub listener: String,
+    /// The route it matched.
+    pub route: Option<String>,
+    /// The upstream pool.
+    pub upstream: Option<String>,
+    /// The target that answered.
+    pub target: Option<String>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// `GET`, `PUT`…
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'static str,
+    /// The status sent.
+    pub status: u16,
+    /// Request body bytes read.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// From the request head to the end of the response, in milliseconds.
+    pub duration_ms: f64,
+    /// From sending upstream to its response head, in milliseconds.
+    pub upstream_ms: Option<f64>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// Where access log lines go.
+#[derive(Debug)]
+pub struct AccessLog {
+    sender: SyncSender<String>,
+    format: AccessLogFormat,
+    dropped: prometheus::IntCounter,
+}
+
+impl AccessLog {
+    /// Starts the writer for `config`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened for appending.
+    pub fn open(config: &AccessLogConfig, dropped: prometheus::IntCounter) -> Result<Self, String> {
+        let mut out: Box<dyn std::io::Write + Send> = match &config.path {
+            Some(path) => Box::new(open_append(path)?),
+            None => Box::new(std::io::stdout()),
+        };
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("kagi-access-log".into())
+            .spawn(move || {
+                let mut failed = false;
+                while let Ok(line) = receiver.recv() {
+                    let mut result = out.write_all(line.as_bytes());
+                    // Write what else is queued, then flush once.
+                    while let Ok(line) = receiver.try_recv() {
+                        result = result.and_then(|()| out.write_all(line.as_bytes()));
+                    }
+                    result = result.and_then(|()| out.flush());
+                    match result {
+                        Err(error) if !failed => {
+                            failed = true;
+                            tracing::error!(target: "kagi::proxy", %error, "cannot write the access log");
+                        }
+                        Err(_) => {}
+                        Ok(()) => failed = false,
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+        Ok(Self { sender, format: config.format, dropped })
+    }
+
+    /// Queues `entry`'s line.
+    pub fn log(&self, entry: &Entry) {
+        let line = match self.format {
+            AccessLogFormat::Json => {
+                let mut line = serde_json::to_string(entry).unwrap_or_default();
+                line.push('\n');
+                line
+            }
+            AccessLogFormat::Text => text_line(entry),
+        };
+        match self.sender.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+fn open_append(path: &PathBuf) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("access log {}: {e}", path.display()))
+}
+
+/// logfmt: `key=value`, values with spaces or quotes quoted.
+fn text_line(entry: &Entry) -> String {
+    fn field(out: &mut String, key: &str, value: &str) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(key);
+        out.push('=');
+        if value.is_empty()
+            || value.contains([' ', '"', '=', '\\'])
+            || value.contains(char::is_control)
+        {
+            out.push_str(&serde_json::to_string(value).unwrap_or_default());
+        } else {
+            out.push_str(value);
+        }
+    }
+    let mut out = String::with_capacity(256);
+    field(&mut out, "time", &entry.time);
+    field(&mut out, "listener", &entry.listener);
+    field(&mut out, "route", entry.route.as_deref().unwrap_or("-"));
+    field(&mut out, "upstream", entry.upstream.as_deref().unwrap_or("-"));
+    field(&mut out, "target", entry.target.as_deref().unwrap_or("-"));
+    field(&mut out, "client", &entry.client.to_string());
+    field(&mut out, "method", &entry.method);
+    field(&mut out, "path", &entry.path);
+    field(&mut out, "protocol", entry.protocol);
+    field(&mut out, "status", &entry.status.to_string());
+    field(&mut out, "bytes_in", &entry.bytes_in.to_string());
+    field(&mut out, "bytes_out", &entry.bytes_out.to_string());
+    field(&mut out, "duration_ms", &format!("{:.3}", entry.duration_ms));
+    if let Some(ms) = entry.upstream_ms {
+        field(&mut out, "upstream_ms", &format!("{ms:.3}"));
+    }
+    if let Some(error) = &entry.error {
+        field(&mut out, "error", error);
+    }
+    out.push('\n');
+    out
+}
+
+/// Now, RFC 3339 UTC with milliseconds.
+pub(super) fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&format).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            time: "2026-11-29T12:00:00.000Z".into(),
+            listener: "public".into(),
+            route: Some("objects".into()),
+            upstream: Some("store".into()),
+            target: Some("127.0.0.1:9000".into()),
+            client: "127.0.0.1:5000".parse().unwrap(),
+            method: "PUT".into(),
+            path: "/objects/a b".into(),
+            protocol: "HTTP/2",
+            status: 201,
+            bytes_in: 10,
+            bytes_out: 0,
+            duration_ms: 1.5,
+            upstream_ms: Some(1.25),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn text_lines_quote_what_needs_it() {
+        let line = text_line(&entry());
+        assert_eq!(
+            line,
+            "time=2026-11-29T12:00:00.000Z listener=public route=objects upstream=store \
+             target=127.0.0.1:9000 client=127.0.0.1:5000 method=PUT path=\"/objects/a b\" \
+             protocol=HTTP/2 status=201 bytes_in=10 bytes_out=0 duration_ms=1.500 \
+             upstream_ms=1.250\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_every_field() {
+        let value = serde_json::to_value(entry()).unwrap();
+        assert_eq!(value["route"], "objects");
+        assert_eq!(value["status"], 201);
+        assert_eq!(value["client"], "127.0.0.1:5000");
+        assert!(value["error"].is_null());
+        assert!(now_rfc3339().ends_with('Z'));
+    }
+}

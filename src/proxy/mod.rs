@@ -1,0 +1,491 @@
+//! The reverse proxy: listeners, routing, upstream pools, header hygiene, limits and the
+//! access log.
+//!
+//! A [`Snapshot`] is one configuration made ready to serve: the listeners' TLS configurations
+//! (certificates loaded from the store, each checked against its keystore key), a pool per
+//! upstream, the routes in file order. The server publishes a new snapshot on each good
+//! reload; a connection takes the snapshot current when it is accepted and keeps it until it
+//! closes, so a request never sees half of one configuration and half of another.
+//!
+//! A request goes: route (listener, host, path prefix; first match in file order) → limits
+//! (body size) → header hygiene (hop-by-hop fields out, `X-Forwarded-*` in, Host as the route
+//! says) → the pool (round robin over healthy targets) → the response, streamed back with its
+//! hop-by-hop fields removed → one access log line when it ends. A WebSocket upgrade the
+//! upstream accepts (101) becomes a byte tunnel between the two connections.
+//!
+//! Errors answer as JSON `{"error": KIND, "message": …}`: 404 no route, 413 body too large,
+//! 502 upstream refused or broke, 504 upstream too slow.
+
+mod access;
+mod body;
+mod headers;
+mod idle;
+mod listener;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+
+pub use access::{AccessLog, Entry};
+pub use listener::{Bound, Drain, Listeners};
+pub use upstream::{Pool, ProxyBody, UpstreamError};
+
+use crate::config::{HostHeader, ListenerConfig, ProxyConfig, RouteConfig, UpstreamProtocol};
+use crate::keystore::Keystore;
+use crate::metrics::ProxyMetrics;
+use crate::tls::{CertStore, SessionState, SniResolver, TlsError};
+
+/// Any error a body may carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One configuration, ready to serve.
+#[derive(Debug)]
+pub struct Snapshot {
+    config: ProxyConfig,
+    listeners: HashMap<String, Arc<ListenerState>>,
+    pools: HashMap<String, Arc<Pool>>,
+    access_log: Arc<AccessLog>,
+    metrics: ProxyMetrics,
+}
+
+/// A listener's part of a snapshot.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// Its configuration.
+    pub config: Arc<ListenerConfig>,
+    /// Its TLS configuration; `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates it serves, for the handshake to load the chosen key first.
+    pub resolver: Option<Arc<SniResolver>>,
+}
+
+impl Snapshot {
+    /// Makes `config` ready: loads every listener's certificates (each checked against its
+    /// keystore key), reads upstream CA bundles and client CA bundles, opens the access log.
+    ///
+    /// # Errors
+    /// The first problem found, naming the listener, certificate or upstream.
+    pub async fn build(
+        config: &ProxyConfig,
+        keystore: &Arc<Keystore>,
+        data_dir: &Path,
+        sessions: &SessionState,
+        metrics: &ProxyMetrics,
+    ) -> Result<Self, String> {
+        let store = CertStore::new(data_dir);
+        let mut loaded: HashMap<String, Arc<crate::tls::CertEntry>> = HashMap::new();
+        let mut listeners = HashMap::new();
+        for listener in &config.listeners {
+            let (tls, resolver) = match &listener.tls {
+                None => (None, None),
+                Some(tls) => {
+                    let mut resolver = SniResolver::new();
+                    for (index, name) in tls.certificates.iter().enumerate() {
+                        let entry = match loaded.get(name) {
+                            Some(entry) => Arc::clone(entry),
+                            None => {
+                                let entry = load_certificate(keystore, &store, name)
+                                    .await
+                                    .map_err(|e| format!("listener {:?}: {e}", listener.name))?;
+                                loaded.insert(name.clone(), Arc::clone(&entry));
+                                entry
+                            }
+                        };
+                        let names = store.load(name).map(|s| s.meta.dns_names).unwrap_or_default();
+                        resolver.add(&entry, &names);
+                        if index == 0 {
+                            resolver.set_default(entry);
+                        }
+                    }
+                    let resolver = Arc::new(resolver);
+                    let server = crate::tls::server_config(
+                        Arc::clone(&resolver),
+                        tls.client_ca.as_deref(),
+                        sessions,
+                    )
+                    .map_err(|e| format!("listener {:?}: client_ca: {e}", listener.name))?;
+                    (Some(Arc::new(server)), Some(resolver))
+                }
+            };
+            let state = ListenerState { config: Arc::clone(listener), tls, resolver };
+            listeners.insert(listener.name.clone(), Arc::new(state));
+        }
+        let mut pools = HashMap::new();
+        for upstream in &config.upstreams {
+            pools.insert(upstream.name.clone(), Arc::new(Pool::new(Arc::clone(upstream))?));
+        }
+        let access_log =
+            Arc::new(AccessLog::open(&config.access_log, metrics.access_log_dropped())?);
+        Ok(Self { config: config.clone(), listeners, pools, access_log, metrics: metrics.clone() })
+    }
+
+    /// The configuration this snapshot serves.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// A listener's state, if the configuration still has it.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerState>> {
+        self.listeners.get(name)
+    }
+
+    /// The first route matching a request on `listener` for `host` (lowercase, no port) and
+    /// `path`.
+    pub fn route(&self, listener: &str, host: &str, path: &str) -> Option<&Arc<RouteConfig>> {
+        self.config.routes.iter().find(|route| {
+            (route.listeners.is_empty() || route.listeners.iter().any(|l| l == listener))
+                && route.host.matches(host)
+                && path.starts_with(&route.path_prefix)
+        })
+    }
+}
+
+/// Loads a certificate of the store with its keystore-backed key.
+async fn load_certificate(
+    keystore: &Arc<Keystore>,
+    store: &CertStore,
+    name: &str,
+) -> Result<Arc<crate::tls::CertEntry>, TlsError> {
+    let stored = store.load(name)?;
+    Ok(Arc::new(crate::tls::load_entry(keystore, stored).await?))
+}
+
+/// What the proxy knows of the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the client spoke TLS.
+    pub tls: bool,
+}
+
+/// Answers one request on `listener` with `snapshot`.
+pub async fn handle(
+    snapshot: &Arc<Snapshot>,
+    listener: &str,
+    mut request: Request<Incoming>,
+    connection: Connection,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let host = request_host(&request);
+    let path = request.uri().path().to_owned();
+    let mut entry = Entry {
+        time: access::now_rfc3339(),
+        listener: listener.to_owned(),
+        route: None,
+        upstream: None,
+        target: None,
+        client: connection.peer,
+        method: request.method().to_string(),
+        path: path.clone(),
+        protocol: protocol_name(request.version()),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0.0,
+        upstream_ms: None,
+        error: None,
+    };
+    let method = request.method().clone();
+    let Some(route) = snapshot.route(listener, host.as_deref().unwrap_or(""), &path).cloned()
+    else {
+        let message = format!("no route for host {:?} and path {path:?}", host.unwrap_or_default());
+        return finish_error(
+            snapshot,
+            entry,
+            &method,
+            started,
+            StatusCode::NOT_FOUND,
+            "no_route",
+            message,
+        );
+    };
+    entry.route = Some(route.name.clone());
+    entry.upstream = Some(route.upstream.clone());
+    let Some(pool) = snapshot.pools.get(&route.upstream).cloned() else {
+        // The configuration checks every route's upstream exists: this is unreachable.
+        let message = format!("upstream {:?} is not configured", route.upstream);
+        return finish_error(
+            snapshot,
+            entry,
+            &method,
+            started,
+            StatusCode::BAD_GATEWAY,
+            "no_upstream",
+            message,
+        );
+    };
+    // A declared length over the limit is refused before anything is sent.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > route.max_body_bytes) {
+        snapshot.metrics.limit(listener, "body_size");
+        let message = format!("the request body is larger than {} bytes", route.max_body_bytes);
+        return finish_error(
+            snapshot,
+            entry,
+            &method,
+            started,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            message,
+        );
+    }
+    let upgrade = (request.version() == Version::HTTP_11)
+        .then(|| headers::websocket_upgrade(request.headers()))
+        .flatten();
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let tally = Arc::new(body::Tally::default());
+    let outbound = match upstream_request(
+        request,
+        &route,
+        pool.config(),
+        connection,
+        host.as_deref(),
+        upgrade.as_ref(),
+        &tally,
+    ) {
+        Ok(outbound) => outbound,
+        Err(message) => {
+            return finish_error(
+                snapshot,
+                entry,
+                &method,
+                started,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                message,
+            );
+        }
+    };
+    let sent = Instant::now();
+    let answer = pool.send(outbound, upgrade.is_some()).await;
+    entry.bytes_in = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            let (status, kind) = match &error {
+                UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+                UpstreamError::Body(_)
+                    if tally.exceeded.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    snapshot.metrics.limit(listener, "body_size");
+                    (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                }
+                UpstreamError::Body(_) => (StatusCode::BAD_REQUEST, "request_body"),
+                UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                    (StatusCode::BAD_GATEWAY, "bad_gateway")
+                }
+            };
+            snapshot.metrics.upstream_error(&route.upstream, error.kind());
+            tracing::warn!(
+                target: "kagi::proxy",
+                route = %route.name,
+                upstream = %route.upstream,
+                client = %connection.peer,
+                %error,
+                "no answer from the upstream"
+            );
+            let message = match &error {
+                UpstreamError::Body(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                    format!("the request body is larger than {} bytes", route.max_body_bytes)
+                }
+                // Upstream addresses are the operator's business, not the client's.
+                UpstreamError::Timeout { .. } => "the upstream did not answer in time".to_owned(),
+                UpstreamError::Body(_) => "the request body was cut short".to_owned(),
+                _ => "the upstream could not be reached".to_owned(),
+            };
+            entry.error = Some(error.to_string());
+            return finish_error(snapshot, entry, &method, started, status, kind, message);
+        }
+    };
+    snapshot.metrics.upstream_answered(&route.upstream, sent.elapsed().as_secs_f64());
+    entry.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    entry.target = Some(answer.target);
+    let mut response = answer.response;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let response_upgrade = if switching { upgrade.clone() } else { None };
+    headers::strip_hop_by_hop(response.headers_mut(), response_upgrade.as_ref());
+    if let (true, Some(client_upgrade)) = (switching && upgrade.is_some(), client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let route_name = route.name.clone();
+        tokio::spawn(async move {
+            tunnel(client_upgrade, upstream_upgrade, &route_name).await;
+        });
+    }
+    let status = response.status();
+    *response.version_mut() = Version::HTTP_11;
+    let snapshot_for_log = Arc::clone(snapshot);
+    let method_for_log = method.clone();
+    response.map(move |inner| {
+        UnsyncBoxBody::new(body::Observed::new(inner, move |bytes_out, error: Option<&str>| {
+            entry.status = status.as_u16();
+            entry.bytes_out = bytes_out;
+            entry.bytes_in = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            entry.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            entry.error = error.map(str::to_owned);
+            snapshot_for_log.metrics.request(
+                &entry.listener,
+                route_label(&entry),
+                &method_for_log,
+                entry.status,
+            );
+            snapshot_for_log.access_log.log(&entry);
+        }))
+    })
+}
+
+fn route_label(entry: &Entry) -> &str {
+    entry.route.as_deref().unwrap_or("")
+}
+
+/// Builds the request kagi sends upstream.
+fn upstream_request(
+    request: Request<Incoming>,
+    route: &RouteConfig,
+    upstream: &crate::config::UpstreamConfig,
+    connection: Connection,
+    host: Option<&str>,
+    upgrade: Option<&HeaderValue>,
+    tally: &Arc<body::Tally>,
+) -> Result<Request<ProxyBody>, String> {
+    let (mut parts, incoming) = request.into_parts();
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(ToString::to_string));
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(
+        &mut parts.headers,
+        connection.peer.ip(),
+        connection.tls,
+        client_host.as_deref().or(host),
+    );
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    // The Host the upstream sees; for the upstream's own address, the pool fills it in.
+    let upstream_host: Option<String> = match &route.host_header {
+        HostHeader::Client => client_host,
+        HostHeader::Fixed(name) => Some(name.clone()),
+        HostHeader::Upstream => None,
+    };
+    // For the target's own address, a placeholder the pool replaces once it picks a target.
+    let authority = upstream_host.unwrap_or_else(|| upstream::TARGET_HOST.to_owned());
+    match upstream.protocol {
+        UpstreamProtocol::Http2 if upgrade.is_none() => {
+            let scheme = if upstream.tls.is_some() { "https" } else { "http" };
+            parts.uri = Uri::builder()
+                .scheme(scheme)
+                .authority(authority.as_str())
+                .path_and_query(path_and_query.as_str())
+                .build()
+                .map_err(|e| format!("cannot forward to {authority:?}: {e}"))?;
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+        }
+        _ => {
+            parts.uri = path_and_query.parse().map_err(|e| format!("invalid path: {e}"))?;
+            let value = HeaderValue::from_str(&authority)
+                .map_err(|_| format!("invalid host {authority:?}"))?;
+            parts.headers.insert(header::HOST, value);
+            parts.version = Version::HTTP_11;
+        }
+    }
+    let limited = body::Limited::new(incoming, route.max_body_bytes, Arc::clone(tally));
+    Ok(Request::from_parts(parts, UnsyncBoxBody::new(limited)))
+}
+
+/// Copies bytes both ways between an upgraded client connection and an upgraded upstream
+/// connection, until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: &str,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(target: "kagi::proxy", %route, %error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(target: "kagi::proxy", %route, %error, "tunnel ended");
+    }
+}
+
+/// The host a request is for: the URI's authority (HTTP/2) or its Host header, lowercase,
+/// without port or trailing dot.
+fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.host().to_owned(),
+        None => {
+            let host = request.headers().get(header::HOST)?.to_str().ok()?;
+            host.parse::<http::uri::Authority>().ok()?.host().to_owned()
+        }
+    };
+    Some(authority.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// A JSON error response, counted and logged.
+fn finish_error(
+    snapshot: &Snapshot,
+    mut entry: Entry,
+    method: &http::Method,
+    started: Instant,
+    status: StatusCode,
+    kind: &str,
+    message: String,
+) -> Response<ProxyBody> {
+    entry.status = status.as_u16();
+    entry.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if entry.error.is_none() {
+        entry.error = Some(message.clone());
+    }
+    snapshot.metrics.request(&entry.listener, route_label(&entry), method, entry.status);
+    snapshot.access_log.log(&entry);
+    error_response(status, kind, &message)
+}
+
+/// `{"error": kind, "message": message}` with `status`.
+pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": kind, "message": message }).to_string();
+    let mut response = Response::new(UnsyncBoxBody::new(
+        Full::new(Bytes::from(body)).map_err(|never| match never {}),
+    ));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests;
