@@ -6,7 +6,6 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::{Value, json};
@@ -105,9 +104,8 @@ pub(super) async fn run(
     data_dir: &std::path::Path,
     command: CertsCommand,
 ) -> Result<(), Error> {
-    let keystore = Arc::new(keystore);
     let store = CertStore::new(data_dir);
-    let issuer = CertIssuer { keystore: &keystore, ctx, store: &store };
+    let issuer = CertIssuer::new(&keystore, ctx, &store);
     let meta = match command {
         CertsCommand::Issue(a) => {
             let key = match (a.key, a.key_spec) {
@@ -139,7 +137,7 @@ pub(super) async fn run(
         CertsCommand::Renew { name, days } => issuer.renew(&name, days).await.map_err(tls_error)?,
         CertsCommand::List => {
             let certs = store.list().map_err(tls_error)?;
-            let now = keystore.now();
+            let now = issuer.now();
             match out.output {
                 Output::Json => {
                     let rows: Vec<Value> = certs.iter().map(|c| row(&c.meta, now)).collect();
@@ -168,7 +166,7 @@ pub(super) async fn run(
             return Ok(());
         }
     };
-    out.document(&row(&meta, keystore.now()));
+    out.document(&row(&meta, issuer.now()));
     Ok(())
 }
 
