@@ -4,7 +4,11 @@
 //! `alias/kagi/certs/NAME`, or `alias/kagi/ca/NAME` for a CA) or a named one; an imported
 //! private key becomes an EXTERNAL key through the keystore's own import path (wrapped for
 //! import in memory, like any BYOK caller); signatures go through the keystore's audited Sign.
-//! The keystore is reached through the [`CertKeys`] trait (`keys.rs`).
+//! The keystore is reached through the [`CertKeys`] trait (`keys.rs`): the one opened in this
+//! process, or a running server's through its KMS API ([`CertIssuer::remote`]), so `kagi certs`
+//! works whether or not `kagi serve` holds the data directory. The certificate files are written
+//! here either way (each atomically); a running server serves new or renewed ones once it
+//! reloads its certificates, which it does not do by itself yet (restart it).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,11 +21,12 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use self::keys::{CertKeys, EmbeddedKeys};
+use self::keys::{CertKeys, EmbeddedKeys, RemoteKeys};
 use super::resolver::{CertEntry, SniResolver};
 use super::signer::{HandshakeCounter, IssuingKey, KeystoreSigningKey};
 use super::store::{CertKind, CertMeta, CertStore, StoredCert, describe, parse_chain, pem_encode};
 use super::{API_CERTIFICATE, API_KEY_ALIAS, DEFAULT_VALIDITY_DAYS, TlsError, check_name};
+use crate::api::client::Client;
 use crate::crypto::{AesKey, CryptoBackend, KeyPairSpec, OaepHash, SecretBytes};
 use crate::keystore::{
     CreateKeyRequest, ImportRequest, ImportType, KeySpec, KeyState, KeyUsage, Keystore, OpContext,
@@ -78,6 +83,18 @@ impl<'a> CertIssuer<'a> {
             now: keystore.now(),
             store,
         }
+    }
+
+    /// Issues with the keystore of the running server `client` is connected to: every key
+    /// operation goes through its KMS API, authorized and audited as the client's principal.
+    /// `backend` draws serial numbers and wraps imported keys here; certificates start at `now`.
+    pub fn remote(
+        client: Client,
+        backend: &'static dyn CryptoBackend,
+        now: i64,
+        store: &'a CertStore,
+    ) -> Self {
+        Self { keys: Box::new(RemoteKeys::new(client)), backend, now, store }
     }
 
     /// The time certificates are issued at (epoch seconds).
