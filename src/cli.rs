@@ -635,7 +635,14 @@ async fn dispatch(args: Args) -> Result<(), Error> {
                 ),
             ));
         }
-        remote::Access::Remote(info) => return remote::run(&info, &out, args.command).await,
+        remote::Access::Remote(info) => {
+            return match args.command {
+                Command::Certs(command) => {
+                    certs::run_remote(&info, &out, &args.data_dir, backend, command).await
+                }
+                command => remote::run(&info, &out, command).await,
+            };
+        }
         remote::Access::Direct(lock) => lock,
     };
     let keystore = open(backend, &args.data_dir, &root_source)?;
@@ -1314,6 +1321,20 @@ fn open(
     )
 }
 
+/// The command's clock: the system's, or `KAGI_FAKE_NOW`.
+fn clock() -> Result<Arc<dyn Clock>, Error> {
+    match std::env::var("KAGI_FAKE_NOW") {
+        // Testing hook: pin the clock (epoch seconds) so tests can move time past deletion
+        // windows, rotation periods and expiry without sleeping.
+        Ok(now) => {
+            Ok(Arc::new(ManualClock::new(now.parse().map_err(|_| {
+                Error::new(exit_code::USAGE, "KAGI_FAKE_NOW must be epoch seconds")
+            })?)))
+        }
+        Err(_) => Ok(Arc::new(SystemClock)),
+    }
+}
+
 /// Opens the keystore in `data_dir` with its audit trail as `audit` says, ARNs in `partition`.
 fn keystore_with_partition(
     backend: &'static dyn crate::crypto::CryptoBackend,
@@ -1322,15 +1343,7 @@ fn keystore_with_partition(
     partition: Partition,
     audit: &AuditConfig,
 ) -> Result<Keystore, Error> {
-    let clock: Arc<dyn Clock> =
-        match std::env::var("KAGI_FAKE_NOW") {
-            // Testing hook: pin the clock (epoch seconds) so tests can move time past deletion
-            // windows, rotation periods and expiry without sleeping.
-            Ok(now) => Arc::new(ManualClock::new(now.parse().map_err(|_| {
-                Error::new(exit_code::USAGE, "KAGI_FAKE_NOW must be epoch seconds")
-            })?)),
-            Err(_) => Arc::new(SystemClock),
-        };
+    let clock = clock()?;
     if !data_dir.join("root.check").exists() {
         return Err(Error::new(
             exit_code::STORAGE,
@@ -1457,9 +1470,13 @@ fn keystore_error(error: keystore::Error) -> Error {
     let code = match error.kind() {
         K::NotFound => exit_code::NOT_FOUND,
         K::Disabled | K::InvalidState | K::Conflict => exit_code::KEY_STATE,
-        K::InvalidCiphertext | K::InvalidSignature | K::InvalidMac | K::IncorrectKey => {
-            exit_code::REJECTED
-        }
+        // AccessDenied comes from a running server's policy (through `kagi certs`), as in
+        // `remote::api_error`.
+        K::InvalidCiphertext
+        | K::InvalidSignature
+        | K::InvalidMac
+        | K::IncorrectKey
+        | K::AccessDenied => exit_code::REJECTED,
         K::DependencyTimeout | K::Internal => exit_code::FAILURE,
         _ => exit_code::INVALID,
     };

@@ -18,7 +18,8 @@ pub mod exit_code {
     /// ConflictException).
     pub const KEY_STATE: u8 = 4;
     /// A ciphertext, signature or MAC was rejected (InvalidCiphertextException,
-    /// KMSInvalidSignatureException, KMSInvalidMacException, IncorrectKeyException).
+    /// KMSInvalidSignatureException, KMSInvalidMacException, IncorrectKeyException), or a
+    /// running server's policy refused the call (AccessDeniedException).
     pub const REJECTED: u8 = 5;
     /// An argument or input is invalid (ValidationException, InvalidKeyUsageException, …).
     pub const INVALID: u8 = 6;

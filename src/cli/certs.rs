@@ -1,17 +1,22 @@
 //! `kagi certs …`: TLS certificates whose keys live in the keystore: issue (self-signed or by
 //! an internal CA), create a CA, import a chain and its key, renew, list.
 //!
-//! These work on the data directory directly: with a server running, stop it first (they are
-//! not available through its API yet).
+//! Without a server they work on the data directory directly. While `kagi serve` holds it, every
+//! key operation (CreateKey, CreateAlias, UpdateAlias, GetPublicKey, Sign, GetParametersForImport,
+//! ImportKeyMaterial) goes through the server's KMS API with the operator's credentials, so the
+//! server authorizes and audits it as that principal; the certificate files in `DATA_DIR/certs`
+//! are plain files and are written here either way, each atomically. The server serves new or
+//! renewed certificates once it reloads them.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::{Value, json};
 
+use super::remote::{self, ServerInfo};
 use super::{Output, Printer, invalid, keystore_error};
+use crate::crypto::CryptoBackend;
 use crate::error::{Error, exit_code};
 use crate::keystore::{KeySpec, Keystore, OpContext};
 use crate::tls::{
@@ -102,12 +107,39 @@ pub(super) async fn run(
     keystore: Keystore,
     ctx: &OpContext,
     out: &Printer,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     command: CertsCommand,
 ) -> Result<(), Error> {
-    let keystore = Arc::new(keystore);
     let store = CertStore::new(data_dir);
-    let issuer = CertIssuer { keystore: &keystore, ctx, store: &store };
+    execute(&CertIssuer::new(&keystore, ctx, &store), &store, out, command).await
+}
+
+/// Runs a `kagi certs` command with the running server's keystore, through its API as the
+/// operator's principal; the certificate files are still written in `data_dir`.
+pub(super) async fn run_remote(
+    info: &ServerInfo,
+    out: &Printer,
+    data_dir: &Path,
+    backend: &'static dyn CryptoBackend,
+    command: CertsCommand,
+) -> Result<(), Error> {
+    let store = CertStore::new(data_dir);
+    let now = super::clock()?.now();
+    // Listing reads the files only: no connection, no credentials.
+    if let CertsCommand::List = command {
+        return list(&store, now, out);
+    }
+    let client = remote::connect(info).await?;
+    execute(&CertIssuer::remote(client, backend, now, &store), &store, out, command).await
+}
+
+/// Runs `command` with `issuer`, whose store is `store`.
+async fn execute(
+    issuer: &CertIssuer<'_>,
+    store: &CertStore,
+    out: &Printer,
+    command: CertsCommand,
+) -> Result<(), Error> {
     let meta = match command {
         CertsCommand::Issue(a) => {
             let key = match (a.key, a.key_spec) {
@@ -137,38 +169,40 @@ pub(super) async fn run(
             issuer.import(&name, &read(&chain)?, &read(&key)?).await.map_err(tls_error)?
         }
         CertsCommand::Renew { name, days } => issuer.renew(&name, days).await.map_err(tls_error)?,
-        CertsCommand::List => {
-            let certs = store.list().map_err(tls_error)?;
-            let now = keystore.now();
-            match out.output {
-                Output::Json => {
-                    let rows: Vec<Value> = certs.iter().map(|c| row(&c.meta, now)).collect();
-                    out.document(&json!({ "Certificates": rows }));
-                }
-                Output::Table => {
-                    println!(
-                        "{:<20}  {:<8}  {:<36}  {:<28}  {:<20}  {:>9}  KEY",
-                        "NAME", "KIND", "NAMES", "ISSUER", "NOT AFTER", "DAYS LEFT"
-                    );
-                    for cert in &certs {
-                        let m = &cert.meta;
-                        println!(
-                            "{:<20}  {:<8}  {:<36}  {:<28}  {:<20}  {:>9}  {}",
-                            m.name,
-                            kind_name(m.kind),
-                            names(m).join(","),
-                            m.ca.clone().unwrap_or_else(|| m.issuer.clone()),
-                            date(m.not_after),
-                            (m.not_after - now).div_euclid(86_400),
-                            m.key_alias.clone().unwrap_or_else(|| m.key_id.clone()),
-                        );
-                    }
-                }
-            }
-            return Ok(());
-        }
+        CertsCommand::List => return list(store, issuer.now(), out),
     };
-    out.document(&row(&meta, keystore.now()));
+    out.document(&row(&meta, issuer.now()));
+    Ok(())
+}
+
+/// `kagi certs list`.
+fn list(store: &CertStore, now: i64, out: &Printer) -> Result<(), Error> {
+    let certs = store.list().map_err(tls_error)?;
+    match out.output {
+        Output::Json => {
+            let rows: Vec<Value> = certs.iter().map(|c| row(&c.meta, now)).collect();
+            out.document(&json!({ "Certificates": rows }));
+        }
+        Output::Table => {
+            println!(
+                "{:<20}  {:<8}  {:<36}  {:<28}  {:<20}  {:>9}  KEY",
+                "NAME", "KIND", "NAMES", "ISSUER", "NOT AFTER", "DAYS LEFT"
+            );
+            for cert in &certs {
+                let m = &cert.meta;
+                println!(
+                    "{:<20}  {:<8}  {:<36}  {:<28}  {:<20}  {:>9}  {}",
+                    m.name,
+                    kind_name(m.kind),
+                    names(m).join(","),
+                    m.ca.clone().unwrap_or_else(|| m.issuer.clone()),
+                    date(m.not_after),
+                    (m.not_after - now).div_euclid(86_400),
+                    m.key_alias.clone().unwrap_or_else(|| m.key_id.clone()),
+                );
+            }
+        }
+    }
     Ok(())
 }
 

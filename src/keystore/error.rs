@@ -64,6 +64,37 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (a new kind belongs here too, for
+    /// [`ErrorKind::from_aws_name`]).
+    const ALL: [Self; 26] = [
+        Self::AccessDenied,
+        Self::AlreadyExists,
+        Self::Conflict,
+        Self::Disabled,
+        Self::ExpiredImportToken,
+        Self::IncorrectKey,
+        Self::IncorrectKeyMaterial,
+        Self::InvalidAliasName,
+        Self::InvalidArn,
+        Self::InvalidCiphertext,
+        Self::InvalidGrantId,
+        Self::InvalidGrantToken,
+        Self::InvalidImportToken,
+        Self::InvalidKeyUsage,
+        Self::InvalidMarker,
+        Self::InvalidMac,
+        Self::InvalidSignature,
+        Self::InvalidState,
+        Self::LimitExceeded,
+        Self::NotFound,
+        Self::Tag,
+        Self::UnsupportedOperation,
+        Self::Throttling,
+        Self::Validation,
+        Self::DependencyTimeout,
+        Self::Internal,
+    ];
+
     /// The AWS KMS exception name (`__type` on the wire).
     pub fn aws_name(self) -> &'static str {
         match self {
@@ -94,6 +125,13 @@ impl ErrorKind {
             Self::DependencyTimeout => "DependencyTimeoutException",
             Self::Internal => "KMSInternalException",
         }
+    }
+
+    /// The kind an AWS KMS exception name (`__type` on the wire) stands for: the inverse of
+    /// [`ErrorKind::aws_name`], for callers of a remote keystore. `None` for a name kagi does
+    /// not answer with.
+    pub fn from_aws_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.aws_name() == name)
     }
 
     /// The HTTP status AWS answers this error with (../shared/reference/kms-errors.md).
@@ -205,5 +243,19 @@ impl From<crate::crypto::Error> for Error {
             E::InvalidKey(why) => Self::validation(why),
             E::Random | E::Internal(_) => Self::internal(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_names_map_back_to_their_kinds() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_aws_name(kind.aws_name()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_aws_name("NoSuchException"), None);
+        assert_eq!(ErrorKind::from_aws_name("notfoundexception"), None);
     }
 }

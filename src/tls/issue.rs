@@ -4,21 +4,30 @@
 //! `alias/kagi/certs/NAME`, or `alias/kagi/ca/NAME` for a CA) or a named one; an imported
 //! private key becomes an EXTERNAL key through the keystore's own import path (wrapped for
 //! import in memory, like any BYOK caller); signatures go through the keystore's audited Sign.
+//! The keystore is reached through the [`CertKeys`] trait (`keys.rs`): the one opened in this
+//! process, or a running server's through its KMS API ([`CertIssuer::remote`]), so `kagi certs`
+//! works whether or not `kagi serve` holds the data directory. The certificate files are written
+//! here either way (each atomically); a running server serves new or renewed ones once it
+//! reloads its certificates, which it does not do by itself yet (restart it).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+mod keys;
+
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+use self::keys::{CertKeys, EmbeddedKeys, RemoteKeys};
 use super::resolver::{CertEntry, SniResolver};
 use super::signer::{HandshakeCounter, IssuingKey, KeystoreSigningKey};
 use super::store::{CertKind, CertMeta, CertStore, StoredCert, describe, parse_chain, pem_encode};
 use super::{API_CERTIFICATE, API_KEY_ALIAS, DEFAULT_VALIDITY_DAYS, TlsError, check_name};
-use crate::crypto::{AesKey, KeyPairSpec, OaepHash, SecretBytes};
+use crate::api::client::Client;
+use crate::crypto::{AesKey, CryptoBackend, KeyPairSpec, OaepHash, SecretBytes};
 use crate::keystore::{
     CreateKeyRequest, ImportRequest, ImportType, KeySpec, KeyState, KeyUsage, Keystore, OpContext,
     Origin, WrappingAlgorithm,
@@ -57,15 +66,42 @@ pub struct IssueRequest {
 /// Issues, renews and imports certificates into a store, with keys in a keystore.
 #[derive(Debug)]
 pub struct CertIssuer<'a> {
-    /// The keystore.
-    pub keystore: &'a Arc<Keystore>,
-    /// Who asks (audited on every key operation).
-    pub ctx: &'a OpContext,
-    /// The store.
-    pub store: &'a CertStore,
+    keys: Box<dyn CertKeys + 'a>,
+    /// Random serial numbers, and the client side of key import (parsing and wrapping).
+    backend: &'static dyn CryptoBackend,
+    /// When the certificates start (epoch seconds).
+    now: i64,
+    store: &'a CertStore,
 }
 
-impl CertIssuer<'_> {
+impl<'a> CertIssuer<'a> {
+    /// Issues with the keystore opened in this process, every key operation audited as `ctx`.
+    pub fn new(keystore: &'a Keystore, ctx: &'a OpContext, store: &'a CertStore) -> Self {
+        Self {
+            keys: Box::new(EmbeddedKeys { keystore, ctx }),
+            backend: keystore.backend(),
+            now: keystore.now(),
+            store,
+        }
+    }
+
+    /// Issues with the keystore of the running server `client` is connected to: every key
+    /// operation goes through its KMS API, authorized and audited as the client's principal.
+    /// `backend` draws serial numbers and wraps imported keys here; certificates start at `now`.
+    pub fn remote(
+        client: Client,
+        backend: &'static dyn CryptoBackend,
+        now: i64,
+        store: &'a CertStore,
+    ) -> Self {
+        Self { keys: Box::new(RemoteKeys::new(client)), backend, now, store }
+    }
+
+    /// The time certificates are issued at (epoch seconds).
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
     /// `kagi certs ca create`: a self-signed CA certificate with a new key.
     ///
     /// # Errors
@@ -106,10 +142,7 @@ impl CertIssuer<'_> {
             self.validity(request.days)?,
         )?;
         let (key_id, alias) = match &request.key {
-            KeyChoice::Existing(key) => {
-                let info = self.keystore.signing_key_info(key).await?;
-                (info.key_id, None)
-            }
+            KeyChoice::Existing(key) => (self.keys.signing_key(key).await?.key_id, None),
             KeyChoice::New(spec) => {
                 let alias = format!("alias/kagi/certs/{name}");
                 (self.new_key(name, *spec, Some(&alias)).await?, Some(alias))
@@ -132,8 +165,7 @@ impl CertIssuer<'_> {
                 "an imported certificate is renewed by importing its successor",
             ));
         }
-        let info = self.keystore.signing_key_info(&old.key_id).await?;
-        let spec = key_spec(info.spec);
+        let spec = key_spec(self.keys.signing_key(&old.key_id).await?.spec);
         let days = days.unwrap_or_else(|| {
             u32::try_from((old.not_after - old.not_before - BACKDATE) / DAY)
                 .unwrap_or(DEFAULT_VALIDITY_DAYS)
@@ -157,9 +189,9 @@ impl CertIssuer<'_> {
             .await?;
         // The certificate names its new key already; the alias follows.
         if old.key_alias.is_some() {
-            self.keystore.update_alias(self.ctx, &alias, &key_id).await?;
+            self.keys.update_alias(&alias, &key_id).await?;
         } else {
-            self.keystore.create_alias(self.ctx, &alias, &key_id).await?;
+            self.keys.create_alias(&alias, &key_id).await?;
         }
         Ok(meta)
     }
@@ -192,7 +224,7 @@ impl CertIssuer<'_> {
             }
             Err(e) => return Err(TlsError::invalid(name, format!("malformed private key: {e}"))),
         };
-        let backend = self.keystore.backend();
+        let backend = self.backend;
         let spec = [
             KeyPairSpec::EccNistP256,
             KeyPairSpec::EccNistP384,
@@ -222,14 +254,12 @@ impl CertIssuer<'_> {
             tags: certificate_tag(name),
             policy: None,
         };
-        let key_id = self.keystore.create_key(self.ctx, request).await?.record.id;
+        let key_id = self.keys.create_key(request).await?;
         // The keystore's BYOK path, as any caller uses it: RSA-OAEP of a fresh AES key, then
         // AES-KWP of the PKCS#8 under it.
         let algorithm = WrappingAlgorithm::RsaAesKeyWrapSha256;
-        let parameters = self
-            .keystore
-            .get_parameters_for_import(self.ctx, &key_id, algorithm, KeyPairSpec::Rsa3072)
-            .await?;
+        let parameters =
+            self.keys.import_parameters(&key_id, algorithm, KeyPairSpec::Rsa3072).await?;
         let mut aes_key = SecretBytes::zeroed(32);
         backend.fill_random(aes_key.expose_secret_mut()).map_err(crate::keystore::Error::from)?;
         let wrapping_key = backend
@@ -249,9 +279,9 @@ impl CertIssuer<'_> {
             valid_to: None,
             import_type: ImportType::ExistingKeyMaterial,
         };
-        self.keystore.import_key_material(self.ctx, &key_id, import).await?;
+        self.keys.import_key_material(&key_id, import).await?;
         let alias = format!("alias/kagi/certs/{name}");
-        self.keystore.create_alias(self.ctx, &alias, &key_id).await?;
+        self.keys.create_alias(&alias, &key_id).await?;
         let meta = CertMeta {
             name: name.to_owned(),
             kind: CertKind::Imported,
@@ -280,8 +310,7 @@ impl CertIssuer<'_> {
         if !(1..=36_500).contains(&days) {
             return Err(TlsError::Issue(format!("validity of {days} days: use 1 to 36500")));
         }
-        let now = self.keystore.now();
-        Ok((now - BACKDATE, now + i64::from(days) * DAY))
+        Ok((self.now - BACKDATE, self.now + i64::from(days) * DAY))
     }
 
     async fn new_key(
@@ -298,9 +327,9 @@ impl CertIssuer<'_> {
             tags: certificate_tag(name),
             policy: None,
         };
-        let key_id = self.keystore.create_key(self.ctx, request).await?.record.id;
+        let key_id = self.keys.create_key(request).await?;
         if let Some(alias) = alias {
-            self.keystore.create_alias(self.ctx, alias, &key_id).await?;
+            self.keys.create_alias(alias, &key_id).await?;
         }
         Ok(key_id)
     }
@@ -316,37 +345,27 @@ impl CertIssuer<'_> {
         mut params: rcgen::CertificateParams,
     ) -> Result<CertMeta, TlsError> {
         let mut serial = [0u8; 16];
-        self.keystore.backend().fill_random(&mut serial).map_err(crate::keystore::Error::from)?;
+        self.backend.fill_random(&mut serial).map_err(crate::keystore::Error::from)?;
         serial[0] &= 0x7f;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        let runtime = tokio::runtime::Handle::current();
-        let subject = self.issuing_key(&key_id, &runtime).await?;
-        let issuer = match &ca {
+        let subject = self.issuing_key(&key_id).await?;
+        let full_chain = match &ca {
             Some(ca) => {
                 let ca_cert = self.store.load(ca)?;
                 params.use_authority_key_identifier_extension = true;
-                let ca_key = self.issuing_key(&ca_cert.meta.key_id, &runtime).await?;
-                Some((ca_cert.chain, ca_key))
+                let ca_key = self.issuing_key(&ca_cert.meta.key_id).await?;
+                let certificate = self
+                    .sign_certificate(&ca_key, |signer| {
+                        let issuer = rcgen::Issuer::from_ca_cert_der(&ca_cert.chain[0], signer)?;
+                        params.signed_by(&subject, &issuer)
+                    })
+                    .await?;
+                std::iter::once(certificate).chain(ca_cert.chain).collect()
             }
-            None => None,
+            None => {
+                vec![self.sign_certificate(&subject, |signer| params.self_signed(signer)).await?]
+            }
         };
-        // rcgen signs synchronously; the issuing keys wait for the keystore, so off the
-        // runtime's threads.
-        let (chain, certificate) = tokio::task::spawn_blocking(move || {
-            let certificate = match issuer {
-                Some((ca_chain, ca_key)) => {
-                    let issuer = rcgen::Issuer::from_ca_cert_der(&ca_chain[0], ca_key)?;
-                    params.signed_by(&subject, &issuer).map(|cert| (ca_chain, cert))
-                }
-                None => params.self_signed(&subject).map(|cert| (Vec::new(), cert)),
-            };
-            certificate.map(|(ca_chain, cert)| (ca_chain, cert.der().clone()))
-        })
-        .await
-        .map_err(|e| TlsError::Issue(e.to_string()))?
-        .map_err(|e| TlsError::Issue(e.to_string()))?;
-        let mut full_chain = vec![certificate];
-        full_chain.extend(chain);
         let described = describe(name, &full_chain[0])?;
         let meta = CertMeta {
             name: name.to_owned(),
@@ -364,14 +383,27 @@ impl CertIssuer<'_> {
         Ok(meta)
     }
 
-    async fn issuing_key(
+    async fn issuing_key(&self, key_ref: &str) -> Result<IssuingKey, TlsError> {
+        let key = self.keys.signing_key(key_ref).await?;
+        IssuingKey::new(&key.key_id, key.spec, &key.public_key)
+            .ok_or_else(|| TlsError::Issue(format!("{} cannot sign certificates", key.key_arn)))
+    }
+
+    /// A certificate `signer` signs: `build` runs twice (see [`IssuingKey`]), the keystore
+    /// signing what the first run asked for before the second.
+    async fn sign_certificate(
         &self,
-        key_ref: &str,
-        runtime: &tokio::runtime::Handle,
-    ) -> Result<IssuingKey, TlsError> {
-        let info = self.keystore.signing_key_info(key_ref).await?;
-        IssuingKey::new(Arc::clone(self.keystore), self.ctx.clone(), runtime.clone(), &info)
-            .ok_or_else(|| TlsError::Issue(format!("{} cannot sign certificates", info.key_arn)))
+        signer: &IssuingKey,
+        build: impl Fn(&IssuingKey) -> Result<rcgen::Certificate, rcgen::Error>,
+    ) -> Result<CertificateDer<'static>, TlsError> {
+        let issue_error = |e: rcgen::Error| TlsError::Issue(e.to_string());
+        let to_be_signed = signer.to_be_signed(&build).map_err(issue_error)?;
+        let digest = signer.digest(&to_be_signed);
+        let signature =
+            self.keys.sign_digest(signer.key_id(), &digest, signer.signing_algorithm()).await?;
+        let certificate =
+            build(&signer.with_signature(to_be_signed, signature)).map_err(issue_error)?;
+        Ok(certificate.der().clone())
     }
 }
 
@@ -429,7 +461,7 @@ pub async fn api_resolver(
             source: "server".into(),
             request_id: keystore.new_uuid()?,
         };
-        let issuer = CertIssuer { keystore, ctx: &ctx, store: &store };
+        let issuer = CertIssuer::new(keystore, &ctx, &store);
         issuer.check_new(API_CERTIFICATE)?;
         let key_id =
             issuer.new_key(API_CERTIFICATE, KeySpec::EccNistP256, Some(API_KEY_ALIAS)).await?;

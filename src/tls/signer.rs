@@ -1,10 +1,11 @@
 //! The keystore-backed signing keys: [`KeystoreSigningKey`] (rustls's `SigningKey` and
 //! `Signer`) signs handshakes, [`IssuingKey`] (rcgen's `SigningKey`) signs certificates.
-//! Neither holds key material: each holds a key id and asks the keystore.
+//! Neither holds key material: each holds a key id; the first asks the keystore for each
+//! signature, the second is given the keystore's signature by its caller.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::SignatureScheme;
 use rustls::pki_types::SubjectPublicKeyInfoDer;
@@ -12,8 +13,8 @@ use rustls::sign::{Signer, SigningKey};
 use sha2::Digest as _;
 
 use crate::crypto::{KeyPairSpec, SigningAlgorithm};
-use crate::keystore::operations::{MessageType, SigningKeyInfo};
-use crate::keystore::{Keystore, OpContext};
+use crate::keystore::Keystore;
+use crate::keystore::operations::SigningKeyInfo;
 
 /// Handshake signatures of one certificate: made, and refused by the keystore (disabled key,
 /// key pending deletion…). Each made signature is a use of the key; the metrics registry reads
@@ -166,32 +167,38 @@ impl Signer for KeystoreSigner {
 /// An rcgen signing key whose private key is a keystore key: it signs certificates (its own
 /// self-signed one, or others' as a CA) through the keystore's audited Sign.
 ///
-/// rcgen's `sign` is synchronous; it waits for the keystore on `runtime`, so it must run on a
-/// thread that is not a runtime worker (`tokio::task::spawn_blocking`).
+/// rcgen asks for the signature synchronously, in the middle of its serializer, and a keystore
+/// signs asynchronously (a running server's is a network call away). Our options were a
+/// blocking thread that waits for the runtime, or two builds; we build twice, since rcgen's
+/// serialization depends on the parameters and the keys only. The first build
+/// ([`IssuingKey::to_be_signed`]) records the TBSCertificate rcgen asks this key to sign, and
+/// fails there; the caller has the keystore sign it; the second build, with the key
+/// [`IssuingKey::with_signature`] returns, gets that signature, and only for those same bytes.
 pub struct IssuingKey {
-    keystore: Arc<Keystore>,
-    ctx: OpContext,
-    runtime: tokio::runtime::Handle,
     key_id: String,
     /// The subjectPublicKey bits of the SubjectPublicKeyInfo (what rcgen calls `der_bytes`).
     subject_public_key: Vec<u8>,
     algorithm: &'static rcgen::SignatureAlgorithm,
     signing_algorithm: SigningAlgorithm,
+    /// The second build's answer: the keystore's signature of these bytes. None in the first.
+    signed: Option<Signed>,
+    /// What rcgen asked to sign, in the first build.
+    recorded: Mutex<Option<Vec<u8>>>,
+}
+
+/// The keystore's signature of a TBSCertificate.
+struct Signed {
+    to_be_signed: Vec<u8>,
+    signature: Vec<u8>,
 }
 
 impl IssuingKey {
-    /// The issuing key of the keystore key `info` describes.
-    ///
-    /// # Errors
-    /// `None` for a spec rcgen cannot sign with or a malformed public key.
-    pub fn new(
-        keystore: Arc<Keystore>,
-        ctx: OpContext,
-        runtime: tokio::runtime::Handle,
-        info: &SigningKeyInfo,
-    ) -> Option<Self> {
+    /// The issuing key of the keystore key `key_id`, whose key pair is `spec` and whose DER
+    /// SubjectPublicKeyInfo is `public_key`. `None` for a spec rcgen cannot sign with or a
+    /// malformed public key.
+    pub(crate) fn new(key_id: &str, spec: KeyPairSpec, public_key: &[u8]) -> Option<Self> {
         // rcgen signs RSA certificates with PKCS#1 v1.5 only.
-        let (algorithm, signing_algorithm) = match info.spec {
+        let (algorithm, signing_algorithm) = match spec {
             KeyPairSpec::EccNistP256 => {
                 (&rcgen::PKCS_ECDSA_P256_SHA256, SigningAlgorithm::EcdsaSha256)
             }
@@ -206,16 +213,72 @@ impl IssuingKey {
             }
             KeyPairSpec::EccSecgP256k1 => return None,
         };
-        let subject_public_key = subject_public_key(&info.public_key)?;
         Some(Self {
-            keystore,
-            ctx,
-            runtime,
-            key_id: info.key_id.clone(),
-            subject_public_key,
+            key_id: key_id.to_owned(),
+            subject_public_key: subject_public_key(public_key)?,
             algorithm,
             signing_algorithm,
+            signed: None,
+            recorded: Mutex::new(None),
         })
+    }
+
+    /// The keystore key.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The keystore algorithm that signs for this key.
+    pub fn signing_algorithm(&self) -> SigningAlgorithm {
+        self.signing_algorithm
+    }
+
+    /// The first build: runs `build` with this key and returns the bytes it asked the key to
+    /// sign.
+    ///
+    /// # Errors
+    /// `build`'s error when it failed before asking for a signature.
+    pub fn to_be_signed<T>(
+        &self,
+        build: impl FnOnce(&Self) -> Result<T, rcgen::Error>,
+    ) -> Result<Vec<u8>, rcgen::Error> {
+        let recorder = self.with(None);
+        let built = build(&recorder);
+        let recorded = recorder.recorded.into_inner().unwrap_or_else(PoisonError::into_inner);
+        match (recorded, built) {
+            (Some(to_be_signed), _) => Ok(to_be_signed),
+            (None, Err(error)) => Err(error),
+            // A recording key never signs, so a build that needs one cannot succeed.
+            (None, Ok(_)) => Err(rcgen::Error::RemoteKeyError),
+        }
+    }
+
+    /// The signature the digest of `to_be_signed` gets: SHA-256, SHA-384 or SHA-512, as the
+    /// algorithm says. Sign is given the digest, not the message: a certificate with many names
+    /// outgrows Sign's 4096-byte message limit.
+    pub fn digest(&self, to_be_signed: &[u8]) -> Vec<u8> {
+        match self.signing_algorithm.digest_len() {
+            32 => sha2::Sha256::digest(to_be_signed).to_vec(),
+            48 => sha2::Sha384::digest(to_be_signed).to_vec(),
+            _ => sha2::Sha512::digest(to_be_signed).to_vec(),
+        }
+    }
+
+    /// The key for the second build: it answers `signature` when asked to sign `to_be_signed`,
+    /// and refuses anything else.
+    pub fn with_signature(&self, to_be_signed: Vec<u8>, signature: Vec<u8>) -> Self {
+        self.with(Some(Signed { to_be_signed, signature }))
+    }
+
+    fn with(&self, signed: Option<Signed>) -> Self {
+        Self {
+            key_id: self.key_id.clone(),
+            subject_public_key: self.subject_public_key.clone(),
+            algorithm: self.algorithm,
+            signing_algorithm: self.signing_algorithm,
+            signed,
+            recorded: Mutex::new(None),
+        }
     }
 }
 
@@ -237,24 +300,25 @@ impl rcgen::PublicKeyData for IssuingKey {
 
 impl rcgen::SigningKey for IssuingKey {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        // The digest, not the message: a certificate with many names outgrows Sign's
-        // 4096-byte message limit.
-        let digest = match self.signing_algorithm.digest_len() {
-            32 => sha2::Sha256::digest(message).to_vec(),
-            48 => sha2::Sha384::digest(message).to_vec(),
-            _ => sha2::Sha512::digest(message).to_vec(),
-        };
-        let signed = self.runtime.block_on(self.keystore.sign(
-            &self.ctx,
-            &self.key_id,
-            &digest,
-            MessageType::Digest,
-            self.signing_algorithm,
-        ));
-        signed.map(|(signature, _)| signature).map_err(|error| {
-            tracing::warn!(target: "kagi::tls", key_id = %self.key_id, %error, "cannot sign the certificate");
-            rcgen::Error::RemoteKeyError
-        })
+        match &self.signed {
+            None => {
+                *self.recorded.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(message.to_vec());
+                // Stops the first build: its certificate would carry no signature.
+                Err(rcgen::Error::RemoteKeyError)
+            }
+            Some(Signed { to_be_signed, signature }) if to_be_signed == message => {
+                Ok(signature.clone())
+            }
+            Some(_) => {
+                tracing::error!(
+                    target: "kagi::tls",
+                    key_id = %self.key_id,
+                    "rcgen built a different certificate the second time: this is a bug"
+                );
+                Err(rcgen::Error::RemoteKeyError)
+            }
+        }
     }
 }
 

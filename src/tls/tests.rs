@@ -133,6 +133,70 @@ async fn a_key_that_does_not_sign_is_refused() {
     }
 }
 
+#[test]
+fn an_issuing_key_signs_only_the_certificate_it_recorded() {
+    use rcgen::{PublicKeyData as _, SigningKey as _};
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let spki = key_pair.subject_public_key_info();
+    let key = IssuingKey::new("k", crate::crypto::KeyPairSpec::EccNistP256, &spki).unwrap();
+    let params = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, 2, 3]));
+        params
+    };
+    let first = params("a.test");
+    let to_be_signed = key.to_be_signed(|signer| first.self_signed(signer)).unwrap();
+    let signature = key_pair.sign(&to_be_signed).unwrap();
+    let signed = key.with_signature(to_be_signed.clone(), signature.clone());
+    let certificate = params("a.test").self_signed(&signed).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.der()).unwrap();
+    assert_eq!(parsed.tbs_certificate.as_ref(), to_be_signed.as_slice());
+    assert_eq!(parsed.signature_value.data.as_ref(), signature.as_slice());
+    // Other bytes get no signature.
+    assert!(params("b.test").self_signed(&signed).is_err());
+    // A build that fails before asking for a signature keeps its own error.
+    let mut broken = params("c.test");
+    broken.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: Vec::new() }];
+    let error = key.to_be_signed(|signer| broken.self_signed(signer)).unwrap_err();
+    assert!(matches!(error, rcgen::Error::EmptyCrlDistributionPointUris), "{error:?}");
+}
+
+#[tokio::test]
+async fn issued_certificates_carry_the_keystore_s_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let keystore = keystore(dir.path());
+    let store = CertStore::new(dir.path());
+    let ctx = ctx();
+    let issuer = CertIssuer::new(&keystore, &ctx, &store);
+    let ca = issuer.create_ca("ca", KeySpec::EccNistP384, 10).await.unwrap();
+    let request = IssueRequest {
+        name: "leaf".into(),
+        dns_names: vec!["leaf.test".into()],
+        ip_addresses: Vec::new(),
+        key: KeyChoice::New(KeySpec::Rsa2048),
+        ca: Some("ca".into()),
+        days: 1,
+    };
+    let leaf = issuer.issue(request).await.unwrap();
+    // Both certificates verify with the CA's keystore key.
+    let ca_key = keystore.signing_key_info(&ca.key_id).await.unwrap();
+    let ca_public_key =
+        keystore.backend().load_public_key(ca_key.spec, &ca_key.public_key).unwrap();
+    for name in ["ca", "leaf"] {
+        let chain = store.load(name).unwrap().chain;
+        let (_, certificate) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        let tbs = crate::crypto::SignInput::Message(certificate.tbs_certificate.as_ref());
+        let algorithm = crate::crypto::SigningAlgorithm::EcdsaSha384;
+        ca_public_key.verify(algorithm, tbs, &certificate.signature_value.data).unwrap();
+    }
+    // The leaf's key is its own keystore key; the CA's certificate follows it.
+    let chain = store.load("leaf").unwrap().chain;
+    assert_eq!(chain.len(), 2);
+    let (_, certificate) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let leaf_key = keystore.signing_key_info(&leaf.key_id).await.unwrap();
+    assert_eq!(certificate.public_key().raw, leaf_key.public_key.as_slice());
+}
+
 /// An entry serving a throwaway certificate (the resolver does not look inside).
 fn entry(name: &str) -> Arc<CertEntry> {
     let key = rcgen::KeyPair::generate().unwrap();

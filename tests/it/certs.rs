@@ -1,6 +1,7 @@
-//! `kagi certs` through the binary (CA, issue, import, list, renew), then `kagi serve`
-//! handshaking with a rustls client: SNI chooses the certificate, no SNI gets the default, and
-//! a certificate whose key is disabled fails its handshakes without taking the server down.
+//! `kagi certs` through the binary (CA, issue, import, list, renew), on the data directory
+//! directly and through a running server's API, then `kagi serve` handshaking with a rustls
+//! client: SNI chooses the certificate, no SNI gets the default, and a certificate whose key is
+//! disabled fails its handshakes without taking the server down.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -319,4 +320,133 @@ fn a_certificate_that_does_not_match_its_key_is_refused() {
     let run = kagi.run(&["serve", "--config", arg(&config)]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("does not match its keystore key"), "{}", run.stderr);
+}
+
+#[test]
+fn certificates_are_issued_through_a_running_server_as_its_principal() {
+    let kagi = kagi();
+    let data_dir = kagi.data_dir();
+    let server = Server::start_on(&data_dir, &[ADMIN], "");
+    let admin =
+        [("AWS_ACCESS_KEY_ID", ADMIN.access_key_id), ("AWS_SECRET_ACCESS_KEY", ADMIN.secret)];
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let run = kagi.run_with_env(&all, b"", &admin);
+        assert_eq!(run.code, 0, "kagi {args:?}: {}\n{}", run.stderr, server.log());
+        run.json()
+    };
+
+    let ca = remote(&["certs", "ca", "create", "--name", "remote-ca"]);
+    assert_eq!(ca["KeyAlias"], "alias/kagi/ca/remote-ca");
+    let site = remote(&[
+        "certs",
+        "issue",
+        "--name",
+        "site",
+        "--dns",
+        "site.example.test",
+        "--ca",
+        "remote-ca",
+    ]);
+    assert_eq!(site["IssuingCa"], "remote-ca");
+    let own = remote(&["certs", "issue", "--name", "own", "--dns", "own.example.test"]);
+    assert_eq!(own["IssuingCa"], Value::Null, "self-signed");
+    let created = remote(&["keys", "create", "--spec", "ECC_NIST_P384", "--usage", "SIGN_VERIFY"]);
+    let chosen_key = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    let chosen = remote(&[
+        "certs",
+        "issue",
+        "--name",
+        "chosen",
+        "--dns",
+        "chosen.example.test",
+        "--key",
+        &chosen_key,
+        "--ca",
+        "remote-ca",
+    ]);
+    assert_eq!(chosen["KeyId"], chosen_key.as_str());
+
+    // An imported key becomes an EXTERNAL key of the server's keystore.
+    let imported_key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["imported.example.test".to_owned()]).unwrap();
+    let chain_file =
+        kagi.write("imported.pem", params.self_signed(&imported_key).unwrap().pem().as_bytes());
+    let key_file = kagi.write("imported.key", imported_key.serialize_pem().as_bytes());
+    let imported = remote(&[
+        "certs",
+        "import",
+        "--name",
+        "imported",
+        "--chain",
+        arg(&chain_file),
+        "--key",
+        arg(&key_file),
+    ]);
+    let described = remote(&["keys", "describe", imported["KeyId"].as_str().unwrap()]);
+    assert_eq!(described["KeyMetadata"]["Origin"], "EXTERNAL");
+
+    // Renewal moves the alias on the server.
+    let renewed = remote(&["certs", "renew", "site"]);
+    assert_ne!(renewed["KeyId"], site["KeyId"]);
+    let alias = remote(&["keys", "describe", "alias/kagi/certs/site"]);
+    assert_eq!(alias["KeyMetadata"]["KeyId"], renewed["KeyId"]);
+
+    // Listing reads the files only: no credentials needed.
+    let listed = kagi.ok(&["--output", "json", "certs", "list"]).json();
+    let names: Vec<&str> = listed["Certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["chosen", "imported", "kagi-api", "own", "remote-ca", "site"]);
+    // A key operation without credentials is a usage error, not a direct access.
+    let run = kagi.fails(&["certs", "issue", "--name", "x", "--dns", "x.example.test"], 2);
+    assert!(run.stderr.contains("needs credentials"), "{}", run.stderr);
+    assert!(!data_dir.join("certs").join("x.json").exists());
+    assert!(server.terminate(), "the server ran on undisturbed");
+
+    // The server did every key operation, audited as the principal that signed the calls.
+    let records = |operation: &str| {
+        let document =
+            kagi.ok(&["--output", "json", "audit", "show", "--operation", operation]).json();
+        document["Records"].as_array().unwrap().clone()
+    };
+    // CreateKey: the CA's, site's, own's, the chosen key, the imported key, site's new key.
+    for (operation, expected) in [("CreateKey", 6), ("Sign", 5), ("ImportKeyMaterial", 1)] {
+        let by_admin: Vec<Value> =
+            records(operation).into_iter().filter(|r| r["principal"] == "admin").collect();
+        assert_eq!(by_admin.len(), expected, "{operation}: {by_admin:?}");
+        assert!(by_admin.iter().all(|r| r["outcome"] == "success"), "{by_admin:?}");
+    }
+    let everything = kagi.ok(&["--output", "json", "audit", "show"]).json();
+    let around: Vec<&Value> = everything["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["principal"].as_str().is_some_and(|p| p.starts_with("cli:")))
+        .collect();
+    assert!(around.is_empty(), "nothing went around the server: {around:?}");
+
+    // Served after a restart: each certificate verifies against its root, and the handshake,
+    // signed by the keystore, proves its key is the keystore key.
+    let mut roots = chain(&data_dir, "remote-ca");
+    roots.extend(chain(&data_dir, "own"));
+    roots.extend(chain(&data_dir, "imported"));
+    let server = Server::start_on(&data_dir, &[ADMIN], "");
+    for (sni, expected) in [
+        ("site.example.test", "site"),
+        ("own.example.test", "own"),
+        ("chosen.example.test", "chosen"),
+        ("imported.example.test", "imported"),
+    ] {
+        let presented = handshake(server.ready.api, Some(sni), &roots)
+            .unwrap_or_else(|e| panic!("{sni}: {e}\n{}", server.log()));
+        assert!(presented == chain(&data_dir, expected).remove(0), "{sni} gets {expected}");
+    }
+    assert_eq!(chain(&data_dir, "site").len(), 2, "the CA's certificate follows the leaf");
+    drop(server);
+    assert_eq!(holds_private_key(&data_dir), None);
 }

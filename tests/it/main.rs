@@ -36,7 +36,8 @@ mod crash;
 mod server;
 
 // TLS certificates whose keys live in the keystore: `kagi certs` (CA, issue, import, list,
-// renew), and `kagi serve` choosing them by SNI, refusing a disabled key's handshakes.
+// renew) on a stopped server's directory and through a running server's API, and `kagi serve`
+// choosing them by SNI, refusing a disabled key's handshakes.
 mod certs;
 
 // The admin listener after a scripted workload: exact per-key counters, AES-GCM usage per key

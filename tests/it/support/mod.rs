@@ -56,6 +56,12 @@ impl Kagi {
 
     /// Runs `kagi --data-dir DIR ARGS…` with `stdin`.
     pub(crate) fn run_with_input(&self, args: &[&str], stdin: &[u8]) -> Run {
+        self.run_with_env(args, stdin, &[])
+    }
+
+    /// Runs `kagi --data-dir DIR ARGS…` with `stdin` and the environment variables `env`
+    /// (and no AWS credentials but those).
+    pub(crate) fn run_with_env(&self, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kagi"))
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -63,6 +69,11 @@ impl Kagi {
             .env("KAGI_FAKE_NOW", self.now.to_string())
             .env_remove("KAGI_DATA_DIR")
             .env_remove("KAGI_ROOT_PASSPHRASE_ENV")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("no-such-credentials"))
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
