@@ -305,25 +305,27 @@ async fn serve_http<I>(
         }
     });
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(served.into_owned()).await {
-        let limit = if activity.timed_out.load(Ordering::Relaxed) {
-            Some("idle_timeout")
-        } else {
-            match error.downcast_ref::<hyper::Error>() {
-                Some(error) if error.is_timeout() => Some("header_timeout"),
-                Some(error) if error.is_parse_too_large() => Some("header_size"),
-                _ => None,
-            }
-        };
-        match limit {
-            Some(limit) => {
-                shared.metrics.limit(name, limit);
-                tracing::info!(target: "kagi::proxy", listener = %name, %peer, %limit, "connection closed by a limit");
-            }
-            None => {
-                tracing::debug!(target: "kagi::proxy", listener = %name, %peer, %error, "connection ended");
-            }
+    let result = watcher.watch(served.into_owned()).await;
+    // hyper ends an idle keep-alive connection quietly even when its read failed, so the idle
+    // timeout is known from the flag, not the result.
+    let limit = if activity.timed_out.load(Ordering::Relaxed) {
+        Some("idle_timeout")
+    } else {
+        match result.as_ref().err().and_then(|e| e.downcast_ref::<hyper::Error>()) {
+            Some(error) if error.is_timeout() => Some("header_timeout"),
+            Some(error) if error.is_parse_too_large() => Some("header_size"),
+            _ => None,
         }
+    };
+    match (limit, result) {
+        (Some(limit), _) => {
+            shared.metrics.limit(name, limit);
+            tracing::info!(target: "kagi::proxy", listener = %name, %peer, %limit, "connection closed by a limit");
+        }
+        (None, Err(error)) => {
+            tracing::debug!(target: "kagi::proxy", listener = %name, %peer, %error, "connection ended");
+        }
+        (None, Ok(())) => {}
     }
 }
 

@@ -56,3 +56,6 @@ mod notify;
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;
+
+// The reverse proxy in front of real sample backends: routing, limits, reload, drain.
+mod proxy;
