@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 mod certs;
 mod check;
+mod demo;
 mod remote;
 mod report;
 mod serve;
@@ -68,8 +69,13 @@ pub enum Output {
 pub enum Command {
     /// Creates a keystore (root key and database) in the data directory.
     Init,
-    /// Demonstrates the keystore end to end in a temporary directory.
-    Demo,
+    /// Runs the real thing on a fresh checkout: a keystore and a localhost certificate (key in
+    /// the keystore) in ./kagi-demo, a sample backend, and `kagi serve` proxying to it, with the
+    /// commands to try.
+    Demo(demo::DemoArgs),
+    /// A tour of the keystore without a server, in a temporary directory: keys, encryption,
+    /// rotation, signing, MACs, the lifecycle and the audit trail it leaves.
+    Tour,
     /// Manages keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -564,6 +570,9 @@ where
     if let Command::Serve(serve) = &args.command {
         return serve::run(&args, serve);
     }
+    if let Command::Demo(demo) = &args.command {
+        return demo::run(&args, demo);
+    }
     if let Command::CheckConfig(check) = &args.command {
         return check::run(check);
     }
@@ -612,7 +621,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             println!("initialised a keystore in {}", args.data_dir.display());
             return Ok(());
         }
-        Command::Demo => return demo(backend).await,
+        Command::Tour => return tour(backend).await,
         Command::SampleBackend { listen, ready_file } => {
             return sample_backend(*listen, ready_file.as_deref()).await;
         }
@@ -649,7 +658,8 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     let ctx = cli_context(&keystore)?;
     match args.command {
         Command::Init
-        | Command::Demo
+        | Command::Demo(_)
+        | Command::Tour
         | Command::SampleBackend { .. }
         | Command::Audit(_)
         | Command::Serve(_)
@@ -1029,19 +1039,19 @@ async fn all_aliases(
 
 /// The keystore demonstration: a temporary data directory, one key of each family, each
 /// operation once, printed as it goes.
-async fn demo(backend: &'static dyn crate::crypto::CryptoBackend) -> Result<(), Error> {
-    let dir = std::env::temp_dir().join(format!("kagi-demo-{}", std::process::id()));
+async fn tour(backend: &'static dyn crate::crypto::CryptoBackend) -> Result<(), Error> {
+    let dir = std::env::temp_dir().join(format!("kagi-tour-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let result = demo_in(backend, &dir).await;
+    let result = tour_in(backend, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn demo_in(
+async fn tour_in(
     backend: &'static dyn crate::crypto::CryptoBackend,
     dir: &Path,
 ) -> Result<(), Error> {
-    println!("kagi demo: a keystore in {} on the {} backend", dir.display(), backend.kind());
+    println!("kagi tour: a keystore in {} on the {} backend", dir.display(), backend.kind());
     Keystore::init(backend, dir, &RootKeySource::File).map_err(keystore_error)?;
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let audit = Arc::new(

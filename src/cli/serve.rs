@@ -32,6 +32,19 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
         None => Config::embedded(Path::new(".")),
     }
     .map_err(|error| Error::new(exit_code::INVALID, error.to_string()))?;
+    run_config(args, config, serve.config.as_deref(), serve.ready_file.as_deref(), None)
+}
+
+/// Serves `config` (read from `config_path`, which reloads, if given) until SIGINT or SIGTERM,
+/// creating the keystore on first start. With `backend`, the sample backend runs on that
+/// listener too (`kagi demo`).
+pub(super) fn run_config(
+    args: &Args,
+    config: Config,
+    config_path: Option<&Path>,
+    ready_file: Option<&Path>,
+    backend: Option<std::net::TcpListener>,
+) -> Result<(), Error> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -42,12 +55,12 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
             Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
             None => RootKeySource::File,
         };
-    let backend = config.backend.backend();
+    let backend_kind = config.backend.backend();
     let fresh = std::fs::read_dir(&config.data_dir).map_or(true, |mut dir| dir.next().is_none());
     if fresh {
         // First run: create the keystore. A directory with anything in it is never
         // re-initialised, so a missing root key is an error, not a silent new keystore.
-        Keystore::init(backend, &config.data_dir, &root_source)
+        Keystore::init(backend_kind, &config.data_dir, &root_source)
             .map_err(|error| Error::new(exit_code::STORAGE, error.to_string()))?;
         tracing::info!(data_dir = %config.data_dir.display(), "initialised a new keystore");
     }
@@ -57,8 +70,14 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
         })?;
     let mut lock = ServerLock::acquire(&config.data_dir)?;
     runtime.block_on(async {
+        if let Some(listener) = backend {
+            let _ = listener.set_nonblocking(true);
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::new(exit_code::FAILURE, e.to_string()))?;
+            tokio::spawn(crate::demo::sample_backend(listener));
+        }
         let keystore = Arc::new(keystore_with_partition(
-            backend,
+            backend_kind,
             &config.data_dir,
             &root_source,
             config.partition.clone(),
@@ -74,14 +93,14 @@ pub(super) fn run(args: &Args, serve: &ServeArgs) -> Result<(), Error> {
             };
             lock.publish(&info)
                 .map_err(|e| ServeError(format!("cannot publish the address: {e}")))?;
-            if let Some(path) = &serve.ready_file {
+            if let Some(path) = ready_file {
                 let text = serde_json::to_string(ready).map_err(|e| ServeError(e.to_string()))?;
                 write_atomically(path, text.as_bytes())
                     .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
             }
             Ok(())
         };
-        crate::server::serve(config, serve.config.as_deref(), keystore, on_ready, shutdown_signal())
+        crate::server::serve(config, config_path, keystore, on_ready, shutdown_signal())
             .await
             .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))
     })

@@ -130,3 +130,96 @@ fn webhooks_are_plain_http_urls() {
         assert!(parse(&text).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_commented_example_is_complete_and_valid() {
+    let text = include_str!("../../config/kagi.toml");
+    // Its secrets come from the environment and a file: give them here.
+    let text = text
+        .replace("secret_env = \"KAGI_OPS_SECRET\"", "secret = \"an-ops-secret-of-enough-length\"");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/app.secret"), "an-app-secret-of-enough-length\n")
+        .unwrap();
+    let config = Config::parse(&text, "kagi.toml", dir.path()).unwrap();
+    let proxy = &config.proxy;
+    assert_eq!(proxy.listeners.len(), 2);
+    assert_eq!(proxy.upstreams[0].targets.len(), 2);
+    assert_eq!(proxy.routes[0].host, HostMatch::Exact("static.example.com".into()));
+    assert_eq!(proxy.routes[1].max_body_bytes, 16 * 1024 * 1024);
+    assert_eq!(proxy.access_log.path, Some(dir.path().join("access.log")));
+    // Every table and key the configuration accepts appears in the example.
+    for key in [
+        "data_dir",
+        "backend",
+        "region",
+        "account",
+        "root_passphrase_env",
+        "certificate",
+        "tls_names",
+        "secret_env",
+        "secret_file",
+        "account_actions",
+        "burst_seconds",
+        "encryption_context",
+        "rotate_daily",
+        "max_file_bytes",
+        "timeout_ms",
+        "[[webhooks]]",
+        "drain_timeout_ms",
+        "access_log_format",
+        "client_ca",
+        "max_connections",
+        "header_timeout_ms",
+        "idle_timeout_ms",
+        "max_header_bytes",
+        "protocol",
+        "server_name",
+        "connect_timeout_ms",
+        "response_timeout_ms",
+        "fail_timeout_ms",
+        "max_idle_per_target",
+        "listeners = ",
+        "path_prefix",
+        "max_body_bytes",
+        "host_header",
+    ] {
+        assert!(text.contains(key), "config/kagi.toml does not document {key}");
+    }
+}
+
+#[test]
+fn proxy_tables_are_checked_whole() {
+    let base =
+        format!("{MINIMAL}\n[[upstreams]]\nname = \"app\"\ntargets = [\"127.0.0.1:9000\"]\n");
+    let error = |extra: &str| parse(&format!("{base}{extra}")).unwrap_err().to_string();
+    assert!(
+        error("[[routes]]\nname = \"r\"\nupstream = \"nope\"\n")
+            .contains("no [[upstreams]] is named \"nope\"")
+    );
+    assert!(
+        error("[[routes]]\nname = \"r\"\nupstream = \"app\"\nlisteners = [\"x\"]\n")
+            .contains("no [[listeners]]")
+    );
+    let twice = "[[routes]]\nname = \"a\"\nupstream = \"app\"\n[[routes]]\nname = \"b\"\nupstream = \"app\"\n";
+    assert!(error(twice).contains("already matches the same host and path"));
+    let listener = "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:9\"\n";
+    assert!(error(listener).contains("names its certificates"));
+    let two = "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:9\"\ntls = false\n\
+               [[listeners]]\nname = \"m\"\nlisten = \"127.0.0.1:9\"\ntls = false\n\
+               [[routes]]\nname = \"r\"\nupstream = \"app\"\n";
+    let message = error(two);
+    assert!(message.contains("kagi.toml:") && message.contains("already used"), "{message}");
+    assert!(error("[[upstreams]]\nname = \"t\"\ntargets = [\"nohost\"]\n").contains("host:port"));
+    assert!(
+        error("[[upstreams]]\nname = \"t\"\ntargets = [\"a:1\"]\ntls = true\n")
+            .contains("CA bundle")
+    );
+    let config = parse(&format!(
+        "{base}[[routes]]\nname = \"w\"\nhost = \"*.Example.com\"\nupstream = \"app\"\n"
+    ))
+    .unwrap();
+    let route = &config.proxy.routes[0];
+    assert!(route.host.matches("a.example.com"));
+    assert!(!route.host.matches("example.com") && !route.host.matches("a.b.example.com"));
+}

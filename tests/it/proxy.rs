@@ -833,3 +833,43 @@ fn renewal_is_served_after_a_reload_and_sigterm_drains() {
     let status = serve.process.0.wait().unwrap();
     assert!(status.success(), "exit 0 after draining: {status}");
 }
+
+#[test]
+fn kagi_demo_serves_a_sample_backend_through_the_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready.json");
+    let log = dir.path().join("demo.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("demo"))
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn kagi demo");
+    let text = wait_for(&ready, &mut child, &log);
+    let demo = Process(child);
+    let ready: Value = serde_json::from_str(&text).expect("JSON");
+    let address: SocketAddr = ready["listeners"]["demo"].as_str().unwrap().parse().unwrap();
+    let ca = dir.path().join("demo/data/certs/demo-ca.pem");
+    let tls = tls_client(&ca, &[b"h2"], None);
+    runtime().block_on(async {
+        let put = http::Request::put("https://localhost/objects/hello")
+            .body(Full::new(Bytes::from_static(b"hello through kagi")))
+            .unwrap();
+        assert_eq!(send(&tls, address, Some("localhost"), put).await.unwrap().status, 201);
+        let answer = send(&tls, address, Some("localhost"), get("localhost", "/objects/hello"))
+            .await
+            .unwrap();
+        assert_eq!(answer.body, Bytes::from_static(b"hello through kagi"));
+    });
+    drop(demo);
+    let mut out = String::new();
+    // The guide names the commands to try.
+    let _ = std::fs::read_to_string(dir.path().join("demo/kagi.toml")).map(|t| out = t);
+    assert!(out.contains("[[routes]]"), "the demo writes its configuration");
+}
