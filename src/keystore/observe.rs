@@ -28,6 +28,13 @@ pub trait KeyObserver: Send + Sync + fmt::Debug {
     fn audit_failed(&self, operation: &str) {
         let _ = operation;
     }
+
+    /// Key `key_id` (of `spec`) was asked for a TLS handshake signature, with `outcome`
+    /// (`success` or the AWS error name): a use of the key, counted but not audited
+    /// (handshakes are too many to audit one by one).
+    fn handshake_signed(&self, key_id: &str, spec: crate::keystore::KeySpec, outcome: &str) {
+        let _ = (key_id, spec, outcome);
+    }
 }
 
 /// Several observers, each told everything, in order (metrics, then notifications).
@@ -50,6 +57,12 @@ impl KeyObserver for Observers {
     fn audit_failed(&self, operation: &str) {
         for observer in &self.0 {
             observer.audit_failed(operation);
+        }
+    }
+
+    fn handshake_signed(&self, key_id: &str, spec: crate::keystore::KeySpec, outcome: &str) {
+        for observer in &self.0 {
+            observer.handshake_signed(key_id, spec, outcome);
         }
     }
 }

@@ -625,7 +625,21 @@ impl Keystore {
             .ok_or_else(|| {
                 Error::internal("the key is not loaded (it changed since); load it again")
             })?;
-        self.check_loaded_usable(&key)?;
+        let signed = self.sign_loaded(&key, message, algorithm);
+        if let Some(observer) = self.observer() {
+            let outcome = signed.as_ref().map_or_else(|e| e.kind().aws_name(), |_| "success");
+            observer.handshake_signed(&key.record.id, key.record.spec, outcome);
+        }
+        signed
+    }
+
+    fn sign_loaded(
+        &self,
+        key: &LoadedKey,
+        message: &[u8],
+        algorithm: SigningAlgorithm,
+    ) -> Result<Vec<u8>, Error> {
+        self.check_loaded_usable(key)?;
         if key.record.usage != KeyUsage::SignVerify {
             return Err(Error::new(
                 ErrorKind::InvalidKeyUsage,
@@ -636,8 +650,8 @@ impl Keystore {
                 ),
             ));
         }
-        let pair = key_pair(&key)?;
-        check_signing_algorithm(&key, algorithm)?;
+        let pair = key_pair(key)?;
+        check_signing_algorithm(key, algorithm)?;
         Ok(pair.private.sign(algorithm, SignInput::Message(message))?)
     }
 

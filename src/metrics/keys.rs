@@ -50,8 +50,9 @@ impl KeyMetrics {
         };
         let operations = counter(
             "kagi_key_operations_total",
-            "KMS API requests that named an existing key, by operation, key, key spec and outcome \
-             (success or the AWS error).",
+            "KMS API requests that named an existing key, and TLS handshake signatures \
+             (operation TlsHandshakeSign), by operation, key, key spec and outcome (success or \
+             the AWS error).",
             &["operation", "key_id", "key_spec", "outcome"],
         );
         let encrypted_bytes = counter(
@@ -174,7 +175,20 @@ impl KeyObserver for KeyMetrics {
     fn audit_failed(&self, operation: &str) {
         self.audit_write_failures.with_label_values(&[operation]).inc();
     }
+
+    fn handshake_signed(&self, key_id: &str, spec: KeySpec, outcome: &str) {
+        self.operation(TLS_HANDSHAKE_SIGN, key_id, spec, outcome);
+        if outcome == "success" {
+            let now = crate::keystore::clock::Clock::now(&crate::keystore::clock::SystemClock);
+            let mut last_use =
+                self.last_use.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            last_use.insert(key_id.to_owned(), now);
+        }
+    }
 }
+
+/// The operation label of a TLS handshake signature in `kagi_key_operations_total`.
+pub const TLS_HANDSHAKE_SIGN: &str = "TlsHandshakeSign";
 
 /// Whether `operation` is a cryptographic use of its key (what "last used" means: the
 /// operations GetKeyLastUsage tracks).

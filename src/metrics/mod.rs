@@ -5,6 +5,7 @@
 //! | part | families | counted by |
 //! |---|---|---|
 //! | API | `kagi_api_*` | [`Metrics::api_request`], once per answered request |
+//! | TLS | `kagi_tls_*` (`tls.rs`) | the listeners per handshake, [`Metrics::scrape`] (expiry from the certificate store) |
 //! | proxy | `kagi_proxy_*`, `kagi_config_*` (`proxy.rs`) | the proxy per request and connection, the reloader |
 //! | keys | `kagi_key_*`, `kagi_keys`, `kagi_audit_*` (`keys.rs`) | the API (per key), the keystore through [`KeyObserver`], and [`Metrics::scrape`] (gauges from the inventory) |
 //!
@@ -13,6 +14,7 @@
 
 pub mod keys;
 pub mod proxy;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use crate::keystore::Keystore;
 use crate::keystore::observe::KeyObserver;
 pub use keys::KeyMetrics;
 pub use proxy::ProxyMetrics;
+pub use tls::{HandshakeOutcome, TlsMetrics};
 
 /// The registry and its families.
 #[derive(Debug)]
@@ -34,6 +37,9 @@ pub struct Metrics {
     api_access_denied: IntCounterVec,
     keys: KeyMetrics,
     proxy: ProxyMetrics,
+    tls: TlsMetrics,
+    /// The data directory whose certificate store the expiry gauges read, once set.
+    certificates: std::sync::OnceLock<std::path::PathBuf>,
     /// One scrape at a time: a refresh resets the gauges before it sets them.
     scrape_lock: tokio::sync::Mutex<()>,
 }
@@ -91,8 +97,11 @@ impl Metrics {
         registry.register(Box::new(api_access_denied.clone())).expect("registered once");
         let keys = KeyMetrics::register(&registry);
         let proxy = ProxyMetrics::register(&registry);
+        let tls = TlsMetrics::register(&registry);
         Self {
             proxy,
+            tls,
+            certificates: std::sync::OnceLock::new(),
             registry,
             api_requests,
             api_duration,
@@ -124,6 +133,16 @@ impl Metrics {
         &self.keys
     }
 
+    /// The TLS families.
+    pub fn tls(&self) -> &TlsMetrics {
+        &self.tls
+    }
+
+    /// Reads certificate expiry from `data_dir`'s certificate store on each scrape.
+    pub fn watch_certificates(&self, data_dir: &std::path::Path) {
+        let _ = self.certificates.set(data_dir.to_owned());
+    }
+
     /// The proxy's and reloads' families.
     pub fn proxy(&self) -> &ProxyMetrics {
         &self.proxy
@@ -137,6 +156,14 @@ impl Metrics {
             Ok(inventory) => self.keys.refresh(&inventory, keystore.now()),
             Err(error) => {
                 tracing::warn!(target: "kagi::metrics", %error, "cannot read the key inventory");
+            }
+        }
+        if let Some(data_dir) = self.certificates.get() {
+            match crate::tls::CertStore::new(data_dir).list() {
+                Ok(certificates) => self.tls.refresh(&certificates, keystore.now()),
+                Err(error) => {
+                    tracing::warn!(target: "kagi::metrics", %error, "cannot read the certificate store");
+                }
             }
         }
         self.render()
@@ -163,6 +190,10 @@ impl KeyObserver for Metrics {
 
     fn audit_failed(&self, operation: &str) {
         self.keys.audit_failed(operation);
+    }
+
+    fn handshake_signed(&self, key_id: &str, spec: crate::keystore::KeySpec, outcome: &str) {
+        self.keys.handshake_signed(key_id, spec, outcome);
     }
 }
 

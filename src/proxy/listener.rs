@@ -25,7 +25,7 @@ use super::idle::{Activity, IdleIo, InFlight};
 use super::{BoxError, Connection, ListenerState, ProxyBody, Snapshot};
 use crate::config::ProxyConfig;
 use crate::keystore::Keystore;
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{HandshakeOutcome, ProxyMetrics, TlsMetrics};
 
 /// Every connection's drain: on shutdown, each is told to finish its requests in flight and
 /// close; the server waits for them up to its deadline.
@@ -62,6 +62,7 @@ struct Shared {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     keystore: Arc<Keystore>,
     metrics: ProxyMetrics,
+    tls_metrics: TlsMetrics,
     drain: Arc<Drain>,
 }
 
@@ -90,12 +91,11 @@ impl Listeners {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         keystore: Arc<Keystore>,
         metrics: ProxyMetrics,
+        tls_metrics: TlsMetrics,
         drain: Arc<Drain>,
     ) -> Self {
-        Self {
-            shared: Arc::new(Shared { snapshots, keystore, metrics, drain }),
-            running: HashMap::new(),
-        }
+        let shared = Shared { snapshots, keystore, metrics, tls_metrics, drain };
+        Self { shared: Arc::new(shared), running: HashMap::new() }
     }
 
     /// Binds the listeners of `config` that are not running at their configured address.
@@ -236,21 +236,43 @@ async fn serve_connection(
     let config = &state.config;
     match (&state.tls, &state.resolver) {
         (Some(tls), Some(resolver)) => {
+            let mut certificate = None;
             let handshake = async {
                 let start =
                     LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
                 let server_name = start.client_hello().server_name().map(str::to_owned);
+                certificate = resolver.lookup(server_name.as_deref()).map(|e| e.name.clone());
                 resolver.prepare(&shared.keystore, server_name.as_deref()).await;
                 start.into_stream(Arc::clone(tls)).await
             };
-            match tokio::time::timeout(config.header_timeout, handshake).await {
-                Ok(Ok(tls)) => {
-                    serve_http(tls, peer, true, snapshot, state, name, shared, watcher).await;
+            let result = tokio::time::timeout(config.header_timeout, handshake).await;
+            let certificate = certificate.as_deref().unwrap_or("-");
+            match result {
+                Ok(Ok(stream)) => {
+                    let (_, connection) = stream.get_ref();
+                    let outcome = match connection.handshake_kind() {
+                        Some(rustls::HandshakeKind::Resumed) => HandshakeOutcome::Resumed,
+                        _ => HandshakeOutcome::Full,
+                    };
+                    shared.tls_metrics.handshake(name, certificate, Some(connection), outcome);
+                    serve_http(stream, peer, true, snapshot, state, name, shared, watcher).await;
                 }
                 Ok(Err(error)) => {
+                    shared.tls_metrics.handshake(
+                        name,
+                        certificate,
+                        None,
+                        HandshakeOutcome::Failure,
+                    );
                     tracing::debug!(target: "kagi::proxy", listener = %name, %peer, %error, "TLS handshake failed");
                 }
                 Err(_) => {
+                    shared.tls_metrics.handshake(
+                        name,
+                        certificate,
+                        None,
+                        HandshakeOutcome::Timeout,
+                    );
                     shared.metrics.limit(name, "header_timeout");
                     tracing::info!(target: "kagi::proxy", listener = %name, %peer, "TLS handshake timed out");
                 }

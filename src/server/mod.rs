@@ -31,7 +31,7 @@ use crate::api::{Api, ApiError, MAX_BODY};
 use crate::config::{self, Config};
 use crate::keystore::observe::{KeyObserver, Observers};
 use crate::keystore::{Keystore, OpContext};
-use crate::metrics::Metrics;
+use crate::metrics::{HandshakeOutcome, Metrics};
 use crate::notify::Notifier;
 use crate::proxy::{Drain, Listeners, Snapshot};
 use crate::tls::{SessionState, SniResolver};
@@ -91,6 +91,7 @@ pub async fn serve(
     let observers: Vec<Arc<dyn KeyObserver>> = vec![metrics.clone(), notifier.clone()];
     keystore.set_observer(Arc::new(Observers(observers)));
     notifier.start();
+    metrics.watch_certificates(&config.data_dir);
     let readiness = Arc::new(Readiness::default());
     let api = Arc::new(Api::new(
         Arc::clone(&keystore),
@@ -123,6 +124,7 @@ pub async fn serve(
         snapshots_rx,
         Arc::clone(&keystore),
         metrics.proxy().clone(),
+        metrics.tls().clone(),
         Arc::clone(&drain),
     );
     let bound = listeners.bind(&config.proxy).await.map_err(ServeError)?;
@@ -154,6 +156,7 @@ pub async fn serve(
         Arc::clone(&keystore),
         Arc::clone(&api),
         Arc::clone(&drain),
+        metrics.tls().clone(),
         api_stopped,
     ));
     let mut reloader = Reloader {
@@ -291,6 +294,7 @@ async fn api_loop(
     keystore: Arc<Keystore>,
     api: Arc<Api>,
     drain: Arc<Drain>,
+    tls_metrics: crate::metrics::TlsMetrics,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -316,19 +320,34 @@ async fn api_loop(
         let api = Arc::clone(&api);
         let builder = builder.clone();
         let Some(watcher) = drain.watcher() else { break };
+        let tls_metrics = tls_metrics.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(
+            let mut certificate = None;
+            let result = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                handshake(stream, &tls, &keystore),
+                handshake(stream, &tls, &keystore, &mut certificate),
             )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
+            .await;
+            let certificate = certificate.as_deref().unwrap_or("-");
+            let stream = match result {
+                Ok(Ok(stream)) => {
+                    let (_, connection) = stream.get_ref();
+                    let outcome = match connection.handshake_kind() {
+                        Some(rustls::HandshakeKind::Resumed) => HandshakeOutcome::Resumed,
+                        _ => HandshakeOutcome::Full,
+                    };
+                    tls_metrics.handshake("api", certificate, Some(connection), outcome);
+                    stream
+                }
                 Ok(Err(error)) => {
+                    tls_metrics.handshake("api", certificate, None, HandshakeOutcome::Failure);
                     tracing::debug!(target: "kagi::server", %peer, %error, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    tls_metrics.handshake("api", certificate, None, HandshakeOutcome::Timeout);
+                    return;
+                }
             };
             let service = service_fn(move |request: http::Request<Incoming>| {
                 let api = Arc::clone(&api);
@@ -392,9 +411,11 @@ async fn handshake(
     stream: tokio::net::TcpStream,
     tls: &ApiTls,
     keystore: &Keystore,
+    certificate: &mut Option<String>,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let server_name = start.client_hello().server_name().map(str::to_owned);
+    *certificate = tls.resolver.lookup(server_name.as_deref()).map(|e| e.name.clone());
     tls.resolver.prepare(keystore, server_name.as_deref()).await;
     start.into_stream(Arc::clone(&tls.config)).await
 }

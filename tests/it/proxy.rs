@@ -172,6 +172,16 @@ impl Serve {
             .unwrap_or(0.0)
     }
 
+    /// The sum of every series of `family` whose labels contain each of `labels`.
+    fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
+        let text = http_get(&self.admin, "/metrics");
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{family}{{")))
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.process.0.id().to_string();
         assert!(Command::new("kill").args([signal, &pid]).status().expect("kill").success());
@@ -409,6 +419,35 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
         assert_eq!(answer.body.len(), 5_000_000);
     });
     assert_eq!(serve.metric("kagi_proxy_requests_total{listener=\"public\",method=\"PUT\",route=\"objects\",status_class=\"2xx\"}"), 1.0);
+    // TLS: every connection's handshake is counted by certificate; each full one is a
+    // signature by the certificate's keystore key (a resumed one is not).
+    let handshakes = |certificate: &str, outcome: &str| {
+        serve.metric_sum(
+            "kagi_tls_handshakes_total",
+            &[
+                "listener=\"public\"",
+                &format!("certificate=\"{certificate}\""),
+                &format!("outcome=\"{outcome}\""),
+                "version=\"TLSv1.3\"",
+            ],
+        )
+    };
+    let web = handshakes("web", "full") + handshakes("web", "resumed");
+    assert_eq!(web, 8.0, "connections that got the web certificate");
+    assert_eq!(handshakes("other", "full") + handshakes("other", "resumed"), 2.0);
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(kagi.data_dir().join("certs/web.json")).unwrap(),
+    )
+    .unwrap();
+    let key_id = meta["key_id"].as_str().unwrap();
+    let signatures = serve.metric_sum(
+        "kagi_key_operations_total",
+        &["operation=\"TlsHandshakeSign\"", &format!("key_id=\"{key_id}\""), "outcome=\"success\""],
+    );
+    assert_eq!(signatures, handshakes("web", "full"), "one signature per full handshake");
+    assert!(signatures >= 2.0, "one full handshake per client configuration at least");
+    let expiry = serve.metric_sum("kagi_tls_certificate_expiry_seconds", &["certificate=\"web\""]);
+    assert!(expiry > 80.0 * 86400.0 && expiry <= 90.0 * 86400.0, "90 days: {expiry}");
     let log = std::fs::read_to_string(kagi.path("access.log")).unwrap();
     let line: Value =
         serde_json::from_str(log.lines().find(|l| l.contains("\"PUT\"")).unwrap()).unwrap();
