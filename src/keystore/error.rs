@@ -64,6 +64,42 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 26] = [
+        Self::AccessDenied,
+        Self::AlreadyExists,
+        Self::Conflict,
+        Self::Disabled,
+        Self::ExpiredImportToken,
+        Self::IncorrectKey,
+        Self::IncorrectKeyMaterial,
+        Self::InvalidAliasName,
+        Self::InvalidArn,
+        Self::InvalidCiphertext,
+        Self::InvalidGrantId,
+        Self::InvalidGrantToken,
+        Self::InvalidImportToken,
+        Self::InvalidKeyUsage,
+        Self::InvalidMarker,
+        Self::InvalidMac,
+        Self::InvalidSignature,
+        Self::InvalidState,
+        Self::LimitExceeded,
+        Self::NotFound,
+        Self::Tag,
+        Self::UnsupportedOperation,
+        Self::Throttling,
+        Self::Validation,
+        Self::DependencyTimeout,
+        Self::Internal,
+    ];
+
+    /// The kind an AWS KMS exception name (`__type`, as [`ErrorKind::aws_name`] gives it)
+    /// stands for, for a client reading a KMS answer.
+    pub fn from_aws_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.aws_name() == name)
+    }
+
     /// The AWS KMS exception name (`__type` on the wire).
     pub fn aws_name(self) -> &'static str {
         match self {
