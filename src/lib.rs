@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod envelope;
 pub mod error;
 pub mod keystore;
 pub mod metrics;
