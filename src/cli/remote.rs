@@ -210,16 +210,21 @@ fn blob(value: &Value, name: &str) -> Result<Vec<u8>, Error> {
     decode_base64(text.as_bytes())
 }
 
-/// Runs `command` through the server's API.
-pub(super) async fn run(info: &ServerInfo, out: &Printer, command: Command) -> Result<(), Error> {
+/// A client of the server's API, signing with the operator's credentials.
+pub(super) async fn connect(info: &ServerInfo) -> Result<Client, Error> {
     let credentials = Arc::new(credentials(&info.region)?);
     let tls = Arc::new(
         tls_config(&info.ca_bundle, HttpVersion::Http1)
             .map_err(|e| Error::new(exit_code::FAILURE, e.to_string()))?,
     );
-    let mut client = Client::connect(&info.api, "localhost", tls, HttpVersion::Http1, credentials)
+    Client::connect(&info.api, "localhost", tls, HttpVersion::Http1, credentials)
         .await
-        .map_err(|e| Error::new(exit_code::FAILURE, format!("the server is unreachable: {e}")))?;
+        .map_err(|e| Error::new(exit_code::FAILURE, format!("the server is unreachable: {e}")))
+}
+
+/// Runs `command` through the server's API.
+pub(super) async fn run(info: &ServerInfo, out: &Printer, command: Command) -> Result<(), Error> {
+    let mut client = connect(info).await?;
     let mut call = async |operation: &str, input: Value| {
         client.call(operation, &input).await.map_err(api_error)
     };

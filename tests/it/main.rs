@@ -55,3 +55,7 @@ mod notify;
 // The audit trail through the binary: `kagi audit verify` accepts what operations left and names
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;
+
+// `kagi envelope` (AWS Encryption SDK messages) against the official Python SDK through `kagi
+// serve`, both ways and both suites; tampered and truncated messages refused with no output.
+mod envelope;
