@@ -194,13 +194,8 @@ pub struct ParsedHeader {
 
 impl ParsedHeader {
     /// Length of the whole header: body and tag.
-    pub fn len(&self) -> usize {
+    pub fn total_len(&self) -> usize {
         self.body_len + TAG_LEN
-    }
-
-    /// Whether the header is empty (never: a header is at least its fixed fields).
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 

@@ -474,8 +474,13 @@ impl Decryptor {
         if matches!(self.state, State::Failed) {
             return Err(Error::Internal("the decryptor already failed"));
         }
-        self.buffer.extend_from_slice(input);
-        let result = self.advance(out);
+        let result = if self.buffer.is_empty() {
+            // Nothing held back: use the input where it is and keep only what is left over.
+            self.run(input, out).map(|used| self.buffer.extend_from_slice(&input[used..]))
+        } else {
+            self.buffer.extend_from_slice(input);
+            self.advance(out)
+        };
         if result.is_err() {
             self.fail();
         }
@@ -543,18 +548,24 @@ impl Decryptor {
 
     /// Uses as much of the buffer as the state allows.
     fn advance(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        let buffer = std::mem::take(&mut self.buffer);
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let result = self.run(&buffer, out);
+        if let Ok(used) = result {
+            buffer.drain(..used);
+            self.buffer = buffer;
+        }
+        result.map(drop)
+    }
+
+    /// Steps through `input` as far as the state allows; returns how many bytes it used.
+    fn run(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
         let mut used = 0;
-        let result = loop {
-            match self.step(&buffer[used..], out) {
-                Ok(0) => break Ok(()),
-                Ok(n) => used += n,
-                Err(error) => break Err(error),
+        loop {
+            match self.step(&input[used..], out)? {
+                0 => return Ok(used),
+                n => used += n,
             }
-        };
-        self.buffer = buffer;
-        self.buffer.drain(..used);
-        result
+        }
     }
 
     /// One step: returns how many input bytes it used (0: it needs more, or the data key).
@@ -562,7 +573,7 @@ impl Decryptor {
         match &mut self.state {
             State::Header => {
                 let Some(parsed) = format::parse_header(input)? else { return Ok(0) };
-                let len = parsed.len();
+                let len = parsed.total_len();
                 let bytes = input[..len].to_vec();
                 let data_key = self.check_header(&parsed.header)?;
                 if parsed.header.suite.is_signing() {
@@ -618,7 +629,7 @@ impl Decryptor {
                     hash.update(frame_bytes);
                 }
                 if frame.is_final {
-                    let header = take_header(&mut self.state);
+                    let header = take_header(&mut self.state)?;
                     self.state = if self.verifier.is_some() {
                         State::Footer { header }
                     } else {
@@ -641,7 +652,7 @@ impl Decryptor {
                 UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, &public)
                     .verify_digest(&hash.finish(), signature)
                     .map_err(|_| Error::BadSignature)?;
-                let header = take_header(&mut self.state);
+                let header = take_header(&mut self.state)?;
                 self.state = State::Done { header };
                 Ok(2 + len)
             }
@@ -698,19 +709,13 @@ impl Decryptor {
 }
 
 /// Moves the header out of a state that has one (leaving [`State::Failed`] behind).
-fn take_header(state: &mut State) -> Header {
+fn take_header(state: &mut State) -> Result<Header, Error> {
     match std::mem::replace(state, State::Failed) {
-        State::Frames { header, .. } | State::Footer { header } | State::Done { header } => header,
-        // Only called from states that hold a header.
-        State::NeedDataKey { parsed, .. } => parsed.header,
-        State::Header | State::Failed => Header {
-            suite: Suite::Aes256GcmHkdfSha512CommitKey,
-            message_id: [0; MESSAGE_ID_LEN],
-            context: EncryptionContext::new(),
-            data_keys: Vec::new(),
-            frame_length: 1,
-            commit_key: [0; format::COMMIT_KEY_LEN],
-        },
+        State::Frames { header, .. } | State::Footer { header } | State::Done { header } => {
+            Ok(header)
+        }
+        State::NeedDataKey { parsed, .. } => Ok(parsed.header),
+        State::Header | State::Failed => Err(Error::Internal("no header to move on with")),
     }
 }
 

@@ -208,7 +208,7 @@ fn frames_are_laid_out_as_the_spec_says() {
     // 48 bytes in frames of 16: two regular frames, then a final frame holding a full frame.
     let message = seal(&plaintext(48), Suite::Aes256GcmHkdfSha512CommitKey, 16, 5);
     let parsed = format::parse_header(&message).expect("parses").expect("complete");
-    let body = &message[parsed.len()..];
+    let body = &message[parsed.total_len()..];
     let regular = 4 + 12 + 16 + 16;
     assert_eq!(body.len(), 2 * regular + (4 + 4 + 12 + 4 + 16 + 16));
     assert_eq!(&body[..4], &1u32.to_be_bytes());
@@ -221,7 +221,7 @@ fn frames_are_laid_out_as_the_spec_says() {
     // An empty body is a single empty final frame.
     let message = seal(b"", Suite::Aes256GcmHkdfSha512CommitKey, 16, 5);
     let parsed = format::parse_header(&message).expect("parses").expect("complete");
-    assert_eq!(message.len() - parsed.len(), 4 + 4 + 12 + 4 + 16);
+    assert_eq!(message.len() - parsed.total_len(), 4 + 4 + 12 + 4 + 16);
 }
 
 #[test]
@@ -304,7 +304,7 @@ fn every_tampered_byte_is_refused() {
 #[test]
 fn tampering_is_reported_where_it_is() {
     let message = seal(&plaintext(40), Suite::Aes256GcmHkdfSha512CommitKey, 16, 100);
-    let header_len = format::parse_header(&message).expect("parses").expect("complete").len();
+    let header_len = format::parse_header(&message).expect("parses").expect("complete").total_len();
     let check = |position: usize, want: fn(&Error) -> bool| {
         let mut tampered = message.clone();
         tampered[position] ^= 0x01;

@@ -114,7 +114,7 @@ fn kagi_and_the_python_sdk_read_each_others_messages() {
         let header_len = kagi::envelope::format::parse_header(&message)
             .expect("the SDK's header parses")
             .expect("complete")
-            .len();
+            .total_len();
         for (what, position) in [("header", 40), ("first frame", header_len + 100)] {
             let mut tampered = message.clone();
             tampered[position] ^= 0x01;
