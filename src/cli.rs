@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 mod certs;
 mod check;
 mod demo;
+mod envelope;
 mod remote;
 mod report;
 mod serve;
@@ -128,6 +129,10 @@ pub enum Command {
     /// flagging unused keys and keys pending deletion that are still used. Reads a stopped
     /// server's data directory.
     Report(report::ReportArgs),
+    /// AWS Encryption SDK messages (format version 2), streamed from stdin to stdout, with
+    /// data keys under a keystore key.
+    #[command(subcommand)]
+    Envelope(envelope::EnvelopeCommand),
 }
 
 /// `kagi audit …`.
@@ -645,6 +650,11 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             ));
         }
         remote::Access::Remote(info) => {
+            if let Command::Envelope(command) = args.command {
+                // The server authorizes the data keys for the credentials' principal.
+                let keys = crate::envelope::RemoteKeys::new(remote::connect(&info).await?);
+                return envelope::run(&keys, "-", command).await;
+            }
             return match args.command {
                 Command::Certs(command) => {
                     certs::run_remote(&info, &out, &args.data_dir, backend, command).await
@@ -668,6 +678,11 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             report::run(&keystore, &args.data_dir, args.output, &report).await
         }
         Command::Keys(command) => keys(&keystore, &ctx, &out, command).await,
+        Command::Envelope(command) => {
+            let keys =
+                crate::envelope::KeystoreKeys::without_key_policies(Arc::new(keystore), "cli");
+            envelope::run(&keys, &ctx.principal, command).await
+        }
         Command::Aliases(command) => aliases(&keystore, &ctx, &out, command).await,
         Command::Certs(command) => certs::run(keystore, &ctx, &out, &args.data_dir, command).await,
         Command::Encrypt(a) => {

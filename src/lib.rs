@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod envelope;
 pub mod error;
 pub mod keystore;
 pub mod metrics;

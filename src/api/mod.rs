@@ -24,7 +24,7 @@ use crate::config::{Principal, Principals};
 use crate::keystore::{self, AccessTarget, EncryptionContext, ErrorKind, Keystore, OpContext};
 use crate::metrics::Metrics;
 use crate::policy::quota::Limiter;
-use crate::policy::{self, Decision, Policy};
+use crate::policy::{self, Authorizer, KeyAccess};
 
 pub use wire::metadata_json;
 
@@ -130,8 +130,8 @@ pub struct Api {
     principals: std::sync::RwLock<Arc<Principals>>,
     limiter: Limiter,
     metrics: Arc<Metrics>,
-    /// Parsed policies by key id, with the revision they were parsed at.
-    policies: Mutex<HashMap<String, (u64, Arc<Policy>)>>,
+    /// Key policy evaluation (with its cache of parsed policies).
+    authorizer: Authorizer,
     last_use: Mutex<HashMap<String, LastUse>>,
     /// When last-use tracking started (the server's start).
     tracking_start: i64,
@@ -151,7 +151,7 @@ impl Api {
             principals: std::sync::RwLock::new(principals),
             limiter: Limiter::default(),
             metrics,
-            policies: Mutex::new(HashMap::new()),
+            authorizer: Authorizer::new(),
             last_use: Mutex::new(HashMap::new()),
             tracking_start,
             started: Instant::now(),
@@ -338,51 +338,14 @@ impl Api {
         let target = self.keystore.access_target(key_ref).await?;
         call.key_arn = Some(target.arn().to_owned());
         call.key_spec = Some(target.spec());
-        let partition = self.keystore.partition();
-        let request = policy::Request {
+        let access = KeyAccess {
             principal_arn: &call.principal_arn,
-            account: &partition.account,
+            operation: call.operation,
             action,
-            resource: target.arn(),
-            encryption_context: context,
+            context,
         };
-        let decision = match self.policy(&target) {
-            Some(policy) => policy.evaluate(&request),
-            None => Decision::ImplicitDeny,
-        };
-        // Grants add permissions where the policy is silent; an explicit Deny still wins.
-        let decision = match decision {
-            Decision::ImplicitDeny
-                if target
-                    .grants()
-                    .iter()
-                    .any(|g| grant_ok(g) && policy::grant_allows(g, &request)) =>
-            {
-                Decision::Allow
-            }
-            other => other,
-        };
-        match decision {
-            Decision::Allow => Ok(target),
-            denied => {
-                let why = match denied {
-                    Decision::ExplicitDeny(_) => "with an explicit deny in a resource-based policy",
-                    _ => "because no resource-based policy or grant allows the action",
-                };
-                let error = keystore::Error::new(
-                    ErrorKind::AccessDenied,
-                    format!(
-                        "User: {} is not authorized to perform: {action} on resource: {} {why}",
-                        call.principal_arn,
-                        target.arn()
-                    ),
-                );
-                self.keystore
-                    .audit_refusal(&call.ctx, call.operation, Some(target.arn()), &error)
-                    .await?;
-                Err(error.into())
-            }
-        }
+        self.authorizer.authorize(&self.keystore, &call.ctx, &target, access, grant_ok).await?;
+        Ok(target)
     }
 
     /// Authorizes an account-level action (CreateKey, ListKeys, ListAliases, GenerateRandom):
@@ -411,20 +374,6 @@ impl Api {
         );
         self.keystore.audit_refusal(&call.ctx, call.operation, None, &error).await?;
         Err(error.into())
-    }
-
-    /// The parsed policy of `target`, from the cache while its revision is unchanged. A stored
-    /// policy that no longer parses allows nothing.
-    fn policy(&self, target: &AccessTarget) -> Option<Arc<Policy>> {
-        let mut cache = self.policies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((revision, policy)) = cache.get(target.key_id())
-            && *revision == target.revision()
-        {
-            return Some(Arc::clone(policy));
-        }
-        let policy = Arc::new(Policy::parse(target.policy()).ok()?);
-        cache.insert(target.key_id().to_owned(), (target.revision(), Arc::clone(&policy)));
-        Some(policy)
     }
 
     /// Counts a request that named an existing key in the per-key metrics. The spec comes from

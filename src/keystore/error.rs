@@ -66,7 +66,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Every kind, in declaration order (a new kind belongs here too, for
     /// [`ErrorKind::from_aws_name`]).
-    const ALL: [Self; 26] = [
+    pub const ALL: [Self; 26] = [
         Self::AccessDenied,
         Self::AlreadyExists,
         Self::Conflict,

@@ -6,9 +6,11 @@
 //! with the string operators; any other key or operator fails safe (an Allow carrying it never
 //! matches, a Deny carrying it always does) and is reported by [`Policy::unevaluated`].
 
+pub mod authorize;
 mod grant;
 pub mod quota;
 
+pub use authorize::{Authorizer, KeyAccess};
 pub use grant::{
     constraints_hold, grant_allows, grant_covers, grant_principal_matches, may_retire,
 };

@@ -59,3 +59,6 @@ mod audit;
 
 // The reverse proxy in front of real sample backends: routing, limits, reload, drain.
 mod proxy;
+// `kagi envelope` (AWS Encryption SDK messages) against the official Python SDK through `kagi
+// serve`, both ways and both suites; tampered and truncated messages refused with no output.
+mod envelope;

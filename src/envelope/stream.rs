@@ -1,0 +1,837 @@
+//! Streaming, sans-IO encryption and decryption of messages.
+//!
+//! Both sides take input in chunks of any size and append output to a caller's `Vec<u8>` as
+//! soon as it is ready; neither reads or writes anything itself. Memory stays bounded: the
+//! [`Encryptor`] holds at most one frame of plaintext, the [`Decryptor`] at most one frame of
+//! ciphertext plus the header (and whatever part of the latest input chunk it could not use
+//! yet).
+//!
+//! # Encrypting
+//!
+//! [`PreparedEncryption::new`] checks the encryption context and, for 0x0578, makes the
+//! ephemeral signing key and adds its public key to the context. Ask the [`KeyService`] for a
+//! data key bound to [`PreparedEncryption::kms_context`], then [`PreparedEncryption::start`]
+//! gives the [`Encryptor`]. [`Encryptor::begin`] does the three steps.
+//!
+//! # Decrypting
+//!
+//! A [`Decryptor`] is made with what the caller expects: the key ARN and the encryption
+//! context. Once its input holds the whole header it checks them and asks for the data key
+//! ([`Decryptor::data_key_request`]); the caller decrypts it with the [`KeyService`] and
+//! hands it over with [`Decryptor::supply_data_key`] ([`Decryptor::fetch_data_key`] does
+//! both). A frame's plaintext is released only after the frame's tag verifies.
+//!
+//! # Security
+//!
+//! A signed (0x0578) message's signature covers the whole message and is checked only at its
+//! end: the [`Decryptor`] releases each frame once the frame authenticates under the data
+//! key, before the signature is checked. Frames so released are authentic as far as anyone
+//! holding the data key is concerned; what the signature adds (no reader of the message could
+//! have written it) is known only when [`Decryptor::finish`] succeeds. A caller that must not
+//! act on unsigned-for plaintext should hold the output until then, as the one-shot
+//! [`decrypt`] does.
+
+use aws_lc_rs::aead::{Aad, Nonce};
+use aws_lc_rs::digest;
+use aws_lc_rs::encoding::{AsBigEndian as _, EcPublicKeyCompressedBin};
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use aws_lc_rs::signature::{
+    ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
+    UnparsedPublicKey,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use zeroize::{Zeroize as _, Zeroizing};
+
+use super::format::{
+    self, EncryptedDataKey, FINAL_FRAME_MARKER, Header, IV_LEN, MAX_SIGNATURE_LEN, MESSAGE_ID_LEN,
+    MessageKeys, PROVIDER_ID_KMS, PUBLIC_KEY_CONTEXT_KEY, RESERVED_CONTEXT_PREFIX, Suite, TAG_LEN,
+};
+use super::keys::{DataKey, KeyService};
+use super::{EncryptionContext, Error};
+use crate::crypto::{AesKey, SecretBytes};
+
+/// How to encrypt.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct EncryptOptions {
+    /// The algorithm suite (default 0x0478).
+    pub suite: Suite,
+    /// The plaintext bytes per regular frame (default [`format::DEFAULT_FRAME_LENGTH`]).
+    pub frame_length: u32,
+}
+
+impl Default for EncryptOptions {
+    fn default() -> Self {
+        Self {
+            suite: Suite::Aes256GcmHkdfSha512CommitKey,
+            frame_length: format::DEFAULT_FRAME_LENGTH,
+        }
+    }
+}
+
+/// What a [`Decryptor`] requires of a message.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct DecryptOptions {
+    /// The ARN of the key the data key must be under (the provider info of an `aws-kms`
+    /// encrypted data key).
+    pub key_arn: String,
+    /// The encryption context the message must have, exactly; the reserved
+    /// `aws-crypto-public-key` pair of signed messages is left out of the comparison.
+    pub context: EncryptionContext,
+}
+
+// === impl PreparedEncryption ===
+
+/// An encryption waiting for its data key: the context to bind it to is known (for 0x0578 it
+/// holds the signing key's public half).
+pub struct PreparedEncryption {
+    options: EncryptOptions,
+    context: EncryptionContext,
+    signer: Option<EcdsaKeyPair>,
+}
+
+impl std::fmt::Debug for PreparedEncryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedEncryption").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl PreparedEncryption {
+    /// Checks `context` and `options`; for a signing suite, makes the ephemeral P-384 key and
+    /// adds its compressed public point (base64) to the context, as the SDK does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidContext`] for a reserved key (`aws-crypto-…`) or a context too large
+    /// for a header; [`Error::InvalidFrameLength`].
+    pub fn new(mut context: EncryptionContext, options: EncryptOptions) -> Result<Self, Error> {
+        format::check_frame_length(options.frame_length)?;
+        if context.keys().any(|key| key.starts_with(RESERVED_CONTEXT_PREFIX)) {
+            return Err(Error::InvalidContext("keys starting with aws-crypto- are reserved"));
+        }
+        let signer = if options.suite.is_signing() {
+            let signer = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING)
+                .map_err(|_| Error::Internal("P-384 key generation failed"))?;
+            let public: EcPublicKeyCompressedBin<'_> = signer
+                .public_key()
+                .as_be_bytes()
+                .map_err(|_| Error::Internal("P-384 public key encoding failed"))?;
+            context.insert(PUBLIC_KEY_CONTEXT_KEY.to_owned(), BASE64.encode(public.as_ref()));
+            Some(signer)
+        } else {
+            None
+        };
+        // Refuse a context that cannot be written before a data key is made for it.
+        format::encode_context(&context)?;
+        Ok(Self { options, context, signer })
+    }
+
+    /// The encryption context of the message, as the data key must be bound to it
+    /// (GenerateDataKey's EncryptionContext).
+    pub fn kms_context(&self) -> &EncryptionContext {
+        &self.context
+    }
+
+    /// The encryptor for `data_key` (made under [`PreparedEncryption::kms_context`]), with a
+    /// random message id. Nothing is emitted yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDataKey`] for a key ARN too long for the header; [`Error::Internal`] if
+    /// the random generator fails.
+    pub fn start(self, data_key: DataKey) -> Result<Encryptor, Error> {
+        let mut message_id = [0u8; MESSAGE_ID_LEN];
+        SystemRandom::new()
+            .fill(&mut message_id)
+            .map_err(|_| Error::Internal("the random generator failed"))?;
+        self.start_with_message_id(data_key, message_id)
+    }
+
+    /// [`PreparedEncryption::start`] with a given message id (known-answer tests).
+    pub(crate) fn start_with_message_id(
+        self,
+        data_key: DataKey,
+        message_id: [u8; MESSAGE_ID_LEN],
+    ) -> Result<Encryptor, Error> {
+        let Self { options, context, signer } = self;
+        let DataKey { plaintext, ciphertext_blob, key_arn } = data_key;
+        let keys = MessageKeys::derive(options.suite, &plaintext, &message_id)?;
+        let header = Header {
+            suite: options.suite,
+            message_id,
+            context,
+            data_keys: vec![EncryptedDataKey {
+                provider_id: PROVIDER_ID_KMS.to_owned(),
+                provider_info: key_arn.into_bytes(),
+                ciphertext: ciphertext_blob,
+            }],
+            frame_length: options.frame_length,
+            commit_key: keys.commit_key,
+        };
+        let mut header_bytes = header.encode_body()?;
+        let tag = keys.header_tag(&header_bytes)?;
+        header_bytes.extend_from_slice(&tag);
+        Ok(Encryptor {
+            keys,
+            header,
+            unsent_header: Some(header_bytes),
+            pending: Zeroizing::new(Vec::new()),
+            sequence: 1,
+            signer: signer.map(|key| (key, digest::Context::new(&digest::SHA384))),
+        })
+    }
+}
+
+// === impl Encryptor ===
+
+/// Encrypts one message, frame by frame.
+///
+/// Call [`Encryptor::update`] with each chunk of plaintext and [`Encryptor::finish`] once at
+/// the end; both append the message bytes ready so far to `out`. A regular frame is emitted as
+/// soon as more plaintext than one frame is buffered (a full frame could be the final one), so
+/// at most one frame of plaintext is held.
+pub struct Encryptor {
+    keys: MessageKeys,
+    header: Header,
+    /// The header bytes, until the first call emits them.
+    unsent_header: Option<Vec<u8>>,
+    /// Plaintext of the next frame (fewer than or exactly `frame_length` bytes).
+    pending: Zeroizing<Vec<u8>>,
+    /// Sequence number of the next frame.
+    sequence: u32,
+    /// The signing key and the running hash of the message, for 0x0578.
+    signer: Option<(EcdsaKeyPair, digest::Context)>,
+}
+
+impl std::fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encryptor")
+            .field("suite", &self.header.suite)
+            .field("sequence", &self.sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encryptor {
+    /// Prepares an encryption of a message under `key` with `context`, asks `keys` for its
+    /// data key as `principal`, and starts it.
+    ///
+    /// # Errors
+    /// Those of [`PreparedEncryption::new`] and [`PreparedEncryption::start`];
+    /// [`Error::KeyService`] when the data key is refused.
+    pub async fn begin(
+        keys: &dyn KeyService,
+        principal: &str,
+        key: &str,
+        context: EncryptionContext,
+        options: EncryptOptions,
+    ) -> Result<Self, Error> {
+        let prepared = PreparedEncryption::new(context, options)?;
+        let data_key = keys.generate_data_key(principal, key, prepared.kms_context()).await?;
+        prepared.start(data_key)
+    }
+
+    /// The message's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// How many plaintext bytes are held, waiting for their frame (at most one frame).
+    pub fn buffered_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Encrypts `plaintext`, appending every frame that is complete (and, the first time, the
+    /// header) to `out`.
+    ///
+    /// # Errors
+    /// [`Error::TooLong`] past 2^32 − 2 frames; [`Error::Internal`] if the library fails.
+    pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        self.emit_header(out);
+        let frame_length = self.header.frame_length as usize;
+        let mut input = plaintext;
+        while !input.is_empty() {
+            if self.pending.is_empty() {
+                // Whole frames straight from the input, as long as more follows each.
+                while input.len() > frame_length {
+                    let (frame, rest) = input.split_at(frame_length);
+                    self.seal_frame(false, frame, out)?;
+                    input = rest;
+                }
+                self.pending.extend_from_slice(input);
+                return Ok(());
+            }
+            let room = frame_length - self.pending.len();
+            if input.len() <= room {
+                self.pending.extend_from_slice(input);
+                return Ok(());
+            }
+            let (head, rest) = input.split_at(room);
+            self.pending.extend_from_slice(head);
+            input = rest;
+            // A full frame with more plaintext after it: a regular frame.
+            let pending = std::mem::take(&mut self.pending);
+            let sealed = self.seal_frame(false, &pending, out);
+            self.pending = pending;
+            self.pending.zeroize();
+            self.pending.clear();
+            sealed?;
+        }
+        Ok(())
+    }
+
+    /// Ends the message: the final frame (holding the last up to `frame_length` bytes, possibly
+    /// none) and, for a signing suite, the footer.
+    ///
+    /// # Errors
+    /// As [`Encryptor::update`].
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.emit_header(out);
+        let pending = std::mem::take(&mut self.pending);
+        self.seal_frame(true, &pending, out)?;
+        if let Some((key, hash)) = self.signer.take() {
+            let signature = key
+                .sign_digest(&hash.finish())
+                .map_err(|_| Error::Internal("ECDSA signing failed"))?;
+            let signature = signature.as_ref();
+            let len = u16::try_from(signature.len())
+                .map_err(|_| Error::Internal("an ECDSA signature longer than 65535 bytes"))?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(signature);
+        }
+        Ok(())
+    }
+
+    fn emit_header(&mut self, out: &mut Vec<u8>) {
+        if let Some(header) = self.unsent_header.take() {
+            self.hash(&header);
+            out.extend_from_slice(&header);
+        }
+    }
+
+    fn hash(&mut self, bytes: &[u8]) {
+        if let Some((_, hash)) = &mut self.signer {
+            hash.update(bytes);
+        }
+    }
+
+    fn seal_frame(
+        &mut self,
+        is_final: bool,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let sequence = self.sequence;
+        // The marker is not a sequence number; a final frame's number may be at most
+        // 2^32 − 2 so that the next regular one could never be mistaken for it.
+        if sequence == FINAL_FRAME_MARKER {
+            return Err(Error::TooLong);
+        }
+        let start = out.len();
+        if is_final {
+            out.extend_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
+        }
+        out.extend_from_slice(&sequence.to_be_bytes());
+        out.extend_from_slice(&format::frame_iv(sequence));
+        if is_final {
+            // At most frame_length ≤ 16 MiB.
+            out.extend_from_slice(&(plaintext.len() as u32).to_be_bytes());
+        }
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let aad =
+            format::frame_aad(&self.header.message_id, is_final, sequence, plaintext.len() as u64);
+        let tag = self
+            .keys
+            .content
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(format::frame_iv(sequence)),
+                Aad::from(aad),
+                &mut out[body..],
+            )
+            .map_err(|_| Error::Internal("AES-GCM seal failed"))?;
+        out.extend_from_slice(tag.as_ref());
+        if let Some((_, hash)) = &mut self.signer {
+            hash.update(&out[start..]);
+        }
+        self.sequence = sequence.wrapping_add(1);
+        Ok(())
+    }
+}
+
+// === impl Decryptor ===
+
+/// The data key a [`Decryptor`] needs: decrypt `blob` under `key_arn` with `context`.
+#[derive(Clone, Copy, Debug)]
+pub struct DataKeyRequest<'a> {
+    /// The KMS ciphertext blob of the data key.
+    pub blob: &'a [u8],
+    /// The message's whole encryption context (with the public key of a signed message), which
+    /// the blob is bound to.
+    pub context: &'a EncryptionContext,
+    /// The key the blob must be under.
+    pub key_arn: &'a str,
+}
+
+/// Where a [`Decryptor`] is in the message.
+enum State {
+    /// Reading the header.
+    Header,
+    /// The header is read and checked; waiting for the data key.
+    NeedDataKey {
+        parsed: format::ParsedHeader,
+        /// The header's bytes (body and tag), for its tag check.
+        bytes: Vec<u8>,
+        /// Index of the encrypted data key to decrypt.
+        data_key: usize,
+    },
+    /// Reading frames.
+    Frames { keys: MessageKeys, header: Header, next: u32 },
+    /// The final frame is read; reading a signed message's footer.
+    Footer { header: Header },
+    /// The message ended.
+    Done { header: Header },
+    /// A failure happened; nothing more is accepted.
+    Failed,
+}
+
+/// Decrypts one message, frame by frame.
+///
+/// Feed it with [`Decryptor::update`]; when [`Decryptor::data_key_request`] asks for the data
+/// key, supply it; call [`Decryptor::finish`] at the end of the input. Plaintext is appended
+/// to `out` one authenticated frame at a time. Any error is final: the decryptor refuses
+/// everything after it.
+pub struct Decryptor {
+    expected: DecryptOptions,
+    state: State,
+    /// Input not yet used.
+    buffer: Vec<u8>,
+    /// For a signed message: the public key and the running hash of header and body.
+    verifier: Option<(Vec<u8>, digest::Context)>,
+}
+
+impl std::fmt::Debug for Decryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Header => "header",
+            State::NeedDataKey { .. } => "need data key",
+            State::Frames { .. } => "frames",
+            State::Footer { .. } => "footer",
+            State::Done { .. } => "done",
+            State::Failed => "failed",
+        };
+        f.debug_struct("Decryptor")
+            .field("key_arn", &self.expected.key_arn)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Decryptor {
+    /// A decryptor for a message under `expected.key_arn` with context `expected.context`.
+    pub fn new(expected: DecryptOptions) -> Self {
+        Self { expected, state: State::Header, buffer: Vec::new(), verifier: None }
+    }
+
+    /// The message's header, once it has been read and authenticated.
+    pub fn header(&self) -> Option<&Header> {
+        match &self.state {
+            State::Frames { header, .. } | State::Footer { header } | State::Done { header } => {
+                Some(header)
+            }
+            _ => None,
+        }
+    }
+
+    /// The data key to decrypt, once the header is read and matches the expectations; `None`
+    /// before that and after the key was supplied.
+    pub fn data_key_request(&self) -> Option<DataKeyRequest<'_>> {
+        match &self.state {
+            State::NeedDataKey { parsed, data_key, .. } => Some(DataKeyRequest {
+                blob: &parsed.header.data_keys.get(*data_key)?.ciphertext,
+                context: &parsed.header.context,
+                key_arn: &self.expected.key_arn,
+            }),
+            _ => None,
+        }
+    }
+
+    /// How many input bytes are held, not yet used (a partial frame, or input that arrived
+    /// while the data key was awaited).
+    pub fn buffered_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Whether the message ended (the final frame and any footer were read and verified).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done { .. })
+    }
+
+    /// Takes the next chunk of the message, appending any plaintext it completes to `out`.
+    ///
+    /// # Errors
+    /// The message faults ([`Error::is_message_fault`]): malformed or unsupported header,
+    /// wrong provider, key or context, tampering, trailing data.
+    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if matches!(self.state, State::Failed) {
+            return Err(Error::Internal("the decryptor already failed"));
+        }
+        let result = if self.buffer.is_empty() {
+            // Nothing held back: use the input where it is and keep only what is left over.
+            self.run(input, out).map(|used| self.buffer.extend_from_slice(&input[used..]))
+        } else {
+            self.buffer.extend_from_slice(input);
+            self.advance(out)
+        };
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    /// Hands over the data key [`Decryptor::data_key_request`] asked for, then decrypts what
+    /// input is buffered.
+    ///
+    /// # Errors
+    /// [`Error::CommitmentMismatch`] when the key does not derive the header's commitment,
+    /// [`Error::HeaderTampered`] when the header does not authenticate; then as
+    /// [`Decryptor::update`]. [`Error::Internal`] when no data key was asked for.
+    pub fn supply_data_key(&mut self, data_key: &AesKey, out: &mut Vec<u8>) -> Result<(), Error> {
+        let result = self.unlock(data_key).and_then(|()| self.advance(out));
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    /// If the data key is needed, decrypts it with `keys` as `principal` and supplies it.
+    ///
+    /// # Errors
+    /// [`Error::KeyService`], then as [`Decryptor::supply_data_key`].
+    pub async fn fetch_data_key(
+        &mut self,
+        keys: &dyn KeyService,
+        principal: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let Some(request) = self.data_key_request() else { return Ok(()) };
+        let data_key = match keys
+            .decrypt_data_key(principal, request.blob, request.context, request.key_arn)
+            .await
+        {
+            Ok(data_key) => data_key,
+            Err(error) => {
+                self.fail();
+                return Err(error.into());
+            }
+        };
+        self.supply_data_key(&data_key, out)
+    }
+
+    /// Ends the input.
+    ///
+    /// # Errors
+    /// [`Error::Truncated`] when the message has not ended (no final frame, or no footer of a
+    /// signed message); [`Error::Internal`] if the data key was never supplied.
+    pub fn finish(self) -> Result<(), Error> {
+        match self.state {
+            State::Done { .. } => Ok(()),
+            State::NeedDataKey { .. } => Err(Error::Internal("the data key was never supplied")),
+            State::Failed => Err(Error::Internal("the decryptor already failed")),
+            State::Header | State::Frames { .. } | State::Footer { .. } => Err(Error::Truncated),
+        }
+    }
+
+    fn fail(&mut self) {
+        self.state = State::Failed;
+        self.buffer.zeroize();
+        self.buffer = Vec::new();
+    }
+
+    /// Uses as much of the buffer as the state allows.
+    fn advance(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let result = self.run(&buffer, out);
+        if let Ok(used) = result {
+            buffer.drain(..used);
+            self.buffer = buffer;
+        }
+        result.map(drop)
+    }
+
+    /// Steps through `input` as far as the state allows; returns how many bytes it used.
+    fn run(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        let mut used = 0;
+        loop {
+            match self.step(&input[used..], out)? {
+                0 => return Ok(used),
+                n => used += n,
+            }
+        }
+    }
+
+    /// One step: returns how many input bytes it used (0: it needs more, or the data key).
+    fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        match &mut self.state {
+            State::Header => {
+                let Some(parsed) = format::parse_header(input)? else { return Ok(0) };
+                let len = parsed.total_len();
+                let bytes = input[..len].to_vec();
+                let data_key = self.check_header(&parsed.header)?;
+                if parsed.header.suite.is_signing() {
+                    let encoded = parsed
+                        .header
+                        .context
+                        .get(PUBLIC_KEY_CONTEXT_KEY)
+                        .ok_or(Error::Malformed("a signed message has no public key"))?;
+                    let public = BASE64
+                        .decode(encoded)
+                        .map_err(|_| Error::Malformed("the public key is not base64"))?;
+                    let mut hash = digest::Context::new(&digest::SHA384);
+                    hash.update(&bytes);
+                    self.verifier = Some((public, hash));
+                } else if parsed.header.context.contains_key(PUBLIC_KEY_CONTEXT_KEY) {
+                    return Err(Error::Malformed("an unsigned message carries a public key"));
+                }
+                self.state = State::NeedDataKey { parsed, bytes, data_key };
+                Ok(len)
+            }
+            State::NeedDataKey { .. } | State::Failed => Ok(0),
+            State::Frames { keys, header, next } => {
+                let Some(frame) = parse_frame(input, header.frame_length, *next)? else {
+                    return Ok(0);
+                };
+                let frame_bytes = &input[..frame.len];
+                let start = out.len();
+                out.extend_from_slice(frame.ciphertext(frame_bytes));
+                let aad = format::frame_aad(
+                    &header.message_id,
+                    frame.is_final,
+                    frame.sequence,
+                    frame.content_len as u64,
+                );
+                let opened = if frame.iv(frame_bytes) == format::frame_iv(frame.sequence) {
+                    keys.content
+                        .open_in_place_separate_tag(
+                            Nonce::assume_unique_for_key(format::frame_iv(frame.sequence)),
+                            Aad::from(aad),
+                            frame.tag(frame_bytes),
+                            &mut out[start..],
+                        )
+                        .is_ok()
+                } else {
+                    false
+                };
+                if !opened {
+                    out[start..].zeroize();
+                    out.truncate(start);
+                    return Err(Error::FrameTampered(frame.sequence));
+                }
+                if let Some((_, hash)) = &mut self.verifier {
+                    hash.update(frame_bytes);
+                }
+                if frame.is_final {
+                    let header = take_header(&mut self.state)?;
+                    self.state = if self.verifier.is_some() {
+                        State::Footer { header }
+                    } else {
+                        State::Done { header }
+                    };
+                } else {
+                    *next = next.checked_add(1).ok_or(Error::Malformed("too many frames"))?;
+                }
+                Ok(frame.len)
+            }
+            State::Footer { .. } => {
+                let Some(len) = input.get(..2) else { return Ok(0) };
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if len == 0 || len > MAX_SIGNATURE_LEN {
+                    return Err(Error::Malformed("the signature length is out of bounds"));
+                }
+                let Some(signature) = input.get(2..2 + len) else { return Ok(0) };
+                let (public, hash) =
+                    self.verifier.take().ok_or(Error::Internal("no verifier for the footer"))?;
+                UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, &public)
+                    .verify_digest(&hash.finish(), signature)
+                    .map_err(|_| Error::BadSignature)?;
+                let header = take_header(&mut self.state)?;
+                self.state = State::Done { header };
+                Ok(2 + len)
+            }
+            State::Done { .. } => {
+                if input.is_empty() {
+                    Ok(0)
+                } else {
+                    Err(Error::TrailingData)
+                }
+            }
+        }
+    }
+
+    /// Checks a parsed header against the expectations; returns the index of the data key to
+    /// decrypt.
+    fn check_header(&self, header: &Header) -> Result<usize, Error> {
+        let mut from_kms = header
+            .data_keys
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| key.provider_id == PROVIDER_ID_KMS)
+            .peekable();
+        if from_kms.peek().is_none() {
+            return Err(Error::WrongProvider);
+        }
+        let (index, _) = from_kms
+            .find(|(_, key)| key.provider_info == self.expected.key_arn.as_bytes())
+            .ok_or(Error::WrongKey)?;
+        let mut context = header.context.clone();
+        context.remove(PUBLIC_KEY_CONTEXT_KEY);
+        if context != self.expected.context {
+            return Err(Error::ContextMismatch);
+        }
+        Ok(index)
+    }
+
+    /// Checks the data key against the header's commitment and tag, and moves to the frames.
+    fn unlock(&mut self, data_key: &AesKey) -> Result<(), Error> {
+        let State::NeedDataKey { parsed, bytes, .. } = &self.state else {
+            return Err(Error::Internal("no data key was asked for"));
+        };
+        let header = &parsed.header;
+        let keys = MessageKeys::derive(header.suite, data_key, &header.message_id)?;
+        if !keys.commits_to(&header.commit_key) {
+            return Err(Error::CommitmentMismatch);
+        }
+        if !keys.verify_header(&bytes[..parsed.body_len], &parsed.tag) {
+            return Err(Error::HeaderTampered);
+        }
+        let header = header.clone();
+        self.state = State::Frames { keys, header, next: 1 };
+        Ok(())
+    }
+}
+
+/// Moves the header out of a state that has one (leaving [`State::Failed`] behind).
+fn take_header(state: &mut State) -> Result<Header, Error> {
+    match std::mem::replace(state, State::Failed) {
+        State::Frames { header, .. } | State::Footer { header } | State::Done { header } => {
+            Ok(header)
+        }
+        State::NeedDataKey { parsed, .. } => Ok(parsed.header),
+        State::Header | State::Failed => Err(Error::Internal("no header to move on with")),
+    }
+}
+
+/// Where the parts of a complete frame are in its bytes.
+struct Frame {
+    is_final: bool,
+    sequence: u32,
+    /// Offset of the IV.
+    iv_at: usize,
+    /// Offset of the ciphertext.
+    ciphertext_at: usize,
+    content_len: usize,
+    /// Length of the whole frame.
+    len: usize,
+}
+
+impl Frame {
+    fn iv<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.iv_at..self.iv_at + IV_LEN]
+    }
+
+    fn ciphertext<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.ciphertext_at..self.ciphertext_at + self.content_len]
+    }
+
+    fn tag<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.len - TAG_LEN..self.len]
+    }
+}
+
+/// Finds the frame at the start of `input`, which must be frame `expected`. `Ok(None)` while
+/// it is incomplete.
+fn parse_frame(input: &[u8], frame_length: u32, expected: u32) -> Result<Option<Frame>, Error> {
+    let u32_at = |at: usize| -> Option<u32> {
+        input.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(first) = u32_at(0) else { return Ok(None) };
+    let out_of_order = Error::Malformed("frames are out of order");
+    let frame = if first == FINAL_FRAME_MARKER {
+        let Some(sequence) = u32_at(4) else { return Ok(None) };
+        if sequence != expected {
+            return Err(out_of_order);
+        }
+        let Some(content_len) = u32_at(8 + IV_LEN) else { return Ok(None) };
+        if content_len > frame_length {
+            return Err(Error::Malformed("the final frame is longer than the frame length"));
+        }
+        let content_len = content_len as usize;
+        let ciphertext_at = 12 + IV_LEN;
+        Frame {
+            is_final: true,
+            sequence,
+            iv_at: 8,
+            ciphertext_at,
+            content_len,
+            len: ciphertext_at + content_len + TAG_LEN,
+        }
+    } else {
+        if first != expected {
+            return Err(out_of_order);
+        }
+        let content_len = frame_length as usize;
+        let ciphertext_at = 4 + IV_LEN;
+        Frame {
+            is_final: false,
+            sequence: first,
+            iv_at: 4,
+            ciphertext_at,
+            content_len,
+            len: ciphertext_at + content_len + TAG_LEN,
+        }
+    };
+    Ok((input.len() >= frame.len).then_some(frame))
+}
+
+// === one-shot ===
+
+/// Encrypts `plaintext` into one message under `key` with `context`, getting the data key from
+/// `keys` as `principal`.
+///
+/// # Errors
+/// As [`Encryptor::begin`] and [`Encryptor::update`].
+pub async fn encrypt(
+    keys: &dyn KeyService,
+    principal: &str,
+    key: &str,
+    context: EncryptionContext,
+    options: EncryptOptions,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut encryptor = Encryptor::begin(keys, principal, key, context, options).await?;
+    let frames = plaintext.len() / options.frame_length as usize + 1;
+    let mut out = Vec::with_capacity(plaintext.len() + frames * 36 + 512);
+    encryptor.update(plaintext, &mut out)?;
+    encryptor.finish(&mut out)?;
+    Ok(out)
+}
+
+/// Decrypts the message `ciphertext`, which must meet `expected`, getting the data key from
+/// `keys` as `principal`. The plaintext is returned only when the whole message verified (its
+/// signature included).
+///
+/// # Errors
+/// As [`Decryptor::update`], [`Decryptor::fetch_data_key`] and [`Decryptor::finish`].
+pub async fn decrypt(
+    keys: &dyn KeyService,
+    principal: &str,
+    expected: DecryptOptions,
+    ciphertext: &[u8],
+) -> Result<SecretBytes, Error> {
+    let mut decryptor = Decryptor::new(expected);
+    // Plaintext is wiped if anything fails before the end.
+    let mut plaintext = Zeroizing::new(Vec::with_capacity(ciphertext.len()));
+    // The header is read first; the frames are decrypted once the data key is known.
+    decryptor.update(ciphertext, &mut plaintext)?;
+    decryptor.fetch_data_key(keys, principal, &mut plaintext).await?;
+    decryptor.finish()?;
+    Ok(SecretBytes::new(std::mem::take(&mut *plaintext)))
+}
