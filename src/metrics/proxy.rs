@@ -12,6 +12,7 @@ pub struct ProxyMetrics {
     requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    upstream_connections: IntCounterVec,
     connections_open: IntGaugeVec,
     limits: IntCounterVec,
     access_log_dropped: IntCounter,
@@ -54,6 +55,15 @@ impl ProxyMetrics {
             &["upstream", "kind"],
         )
         .expect("valid metric");
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "kagi_proxy_upstream_connections_opened_total",
+                "Connections opened to upstream targets, by upstream (kept-alive connections are \
+                 reused: this grows far slower than requests).",
+            ),
+            &["upstream"],
+        )
+        .expect("valid metric");
         let connections_open = IntGaugeVec::new(
             Opts::new("kagi_proxy_connections_open", "Client connections open, by listener."),
             &["listener"],
@@ -90,6 +100,7 @@ impl ProxyMetrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(upstream_connections.clone()),
             Box::new(connections_open.clone()),
             Box::new(limits.clone()),
             Box::new(access_log_dropped.clone()),
@@ -105,6 +116,7 @@ impl ProxyMetrics {
             requests,
             upstream_duration,
             upstream_errors,
+            upstream_connections,
             connections_open,
             limits,
             access_log_dropped,
@@ -133,6 +145,11 @@ impl ProxyMetrics {
     /// Counts an upstream failure of `kind`.
     pub fn upstream_error(&self, upstream: &str, kind: &str) {
         self.upstream_errors.with_label_values(&[upstream, kind]).inc();
+    }
+
+    /// The counter of connections opened to `upstream`'s targets.
+    pub fn upstream_connections(&self, upstream: &str) -> IntCounter {
+        self.upstream_connections.with_label_values(&[upstream])
     }
 
     /// One more (`delta` 1) or one fewer (-1) open connection on `listener`.

@@ -2,21 +2,28 @@
 //! byte counts and durations are the real ones), as JSON or logfmt text, to a file or
 //! standard output.
 //!
-//! Lines go through a bounded queue to a writer thread: a slow disk never delays a request.
-//! When the queue is full a line is dropped and counted (`kagi_proxy_access_log_dropped_total`),
-//! never waited for. The path is logged without its query string, which often carries tokens.
+//! Lines are appended to a shared buffer that a writer thread empties every
+//! [`FLUSH_INTERVAL`] (sooner once it holds [`FLUSH_BYTES`]): a request never waits on the
+//! disk, and no request wakes a thread. When the buffer is full ([`MAX_BUFFER`]) a line is
+//! dropped and counted (`kagi_proxy_access_log_dropped_total`), never waited for. The path is
+//! logged without its query string, which often carries tokens.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
-/// Lines queued before new ones are dropped.
-const QUEUE: usize = 16 * 1024;
+/// How often the writer empties the buffer.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// The writer is woken early once the buffer holds this much.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// Lines past this many buffered bytes are dropped.
+const MAX_BUFFER: usize = 8 * 1024 * 1024;
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
@@ -56,9 +63,24 @@ pub struct Entry {
 /// Where access log lines go.
 #[derive(Debug)]
 pub struct AccessLog {
-    sender: SyncSender<String>,
+    /// `None`: the log is off.
+    shared: Option<Arc<Shared>>,
     format: AccessLogFormat,
     dropped: prometheus::IntCounter,
+}
+
+/// The buffer between requests and the writer.
+#[derive(Debug, Default)]
+struct Shared {
+    buffer: Mutex<Buffer>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    /// Set when the log is dropped (a reload replaced it): the writer flushes and ends.
+    closed: bool,
 }
 
 impl AccessLog {
@@ -68,37 +90,52 @@ impl AccessLog {
     /// When the file cannot be opened for appending.
     pub fn open(config: &AccessLogConfig, dropped: prometheus::IntCounter) -> Result<Self, String> {
         let mut out: Box<dyn std::io::Write + Send> = match &config.path {
+            Some(path) if path.as_os_str() == "off" => {
+                return Ok(Self { shared: None, format: config.format, dropped });
+            }
             Some(path) => Box::new(open_append(path)?),
             None => Box::new(std::io::stdout()),
         };
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let shared = Arc::new(Shared::default());
+        let writer = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("kagi-access-log".into())
             .spawn(move || {
                 let mut failed = false;
-                while let Ok(line) = receiver.recv() {
-                    let mut result = out.write_all(line.as_bytes());
-                    // Write what else is queued, then flush once.
-                    while let Ok(line) = receiver.try_recv() {
-                        result = result.and_then(|()| out.write_all(line.as_bytes()));
-                    }
-                    result = result.and_then(|()| out.flush());
-                    match result {
-                        Err(error) if !failed => {
-                            failed = true;
-                            tracing::error!(target: "kagi::proxy", %error, "cannot write the access log");
+                let mut batch = Vec::new();
+                loop {
+                    let closed = {
+                        let buffer = writer.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let (mut buffer, _) = writer
+                            .wake
+                            .wait_timeout_while(buffer, FLUSH_INTERVAL, |b| !b.closed && b.bytes.len() < FLUSH_BYTES)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        std::mem::swap(&mut batch, &mut buffer.bytes);
+                        buffer.closed
+                    };
+                    if !batch.is_empty() {
+                        match out.write_all(&batch).and_then(|()| out.flush()) {
+                            Err(error) if !failed => {
+                                failed = true;
+                                tracing::error!(target: "kagi::proxy", %error, "cannot write the access log");
+                            }
+                            Err(_) => {}
+                            Ok(()) => failed = false,
                         }
-                        Err(_) => {}
-                        Ok(()) => failed = false,
+                        batch.clear();
+                    }
+                    if closed {
+                        return;
                     }
                 }
             })
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
-        Ok(Self { sender, format: config.format, dropped })
+        Ok(Self { shared: Some(shared), format: config.format, dropped })
     }
 
-    /// Queues `entry`'s line.
+    /// Appends `entry`'s line.
     pub fn log(&self, entry: &Entry) {
+        let Some(shared) = &self.shared else { return };
         let line = match self.format {
             AccessLogFormat::Json => {
                 let mut line = serde_json::to_string(entry).unwrap_or_default();
@@ -107,9 +144,24 @@ impl AccessLog {
             }
             AccessLogFormat::Text => text_line(entry),
         };
-        match self.sender.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        let mut buffer = shared.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buffer.bytes.len() + line.len() > MAX_BUFFER {
+            drop(buffer);
+            self.dropped.inc();
+            return;
+        }
+        buffer.bytes.extend_from_slice(line.as_bytes());
+        if buffer.bytes.len() >= FLUSH_BYTES {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).closed = true;
+            shared.wake.notify_one();
         }
     }
 }

@@ -122,7 +122,11 @@ impl Snapshot {
         }
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
-            pools.insert(upstream.name.clone(), Arc::new(Pool::new(Arc::clone(upstream))?));
+            let connects = metrics.upstream_connections(&upstream.name);
+            pools.insert(
+                upstream.name.clone(),
+                Arc::new(Pool::new(Arc::clone(upstream), connects)?),
+            );
         }
         let access_log =
             Arc::new(AccessLog::open(&config.access_log, metrics.access_log_dropped())?);

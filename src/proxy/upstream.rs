@@ -97,6 +97,8 @@ pub struct Pool {
     next: AtomicUsize,
     /// The instant failure pauses count from.
     epoch: Instant,
+    /// Connections opened.
+    connects: prometheus::IntCounter,
 }
 
 /// One target of a pool.
@@ -125,7 +127,10 @@ impl Pool {
     /// # Errors
     /// When the CA bundle cannot be read or holds no certificate, or the server name is
     /// invalid.
-    pub fn new(config: Arc<UpstreamConfig>) -> Result<Self, String> {
+    pub fn new(
+        config: Arc<UpstreamConfig>,
+        connects: prometheus::IntCounter,
+    ) -> Result<Self, String> {
         let tls = match &config.tls {
             None => None,
             Some(tls) => {
@@ -159,7 +164,14 @@ impl Pool {
                 })
             })
             .collect();
-        Ok(Self { config, tls, targets, next: AtomicUsize::new(0), epoch: Instant::now() })
+        Ok(Self {
+            config,
+            tls,
+            targets,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            connects,
+        })
     }
 
     /// The pool's configuration.
@@ -256,7 +268,15 @@ impl Pool {
         request: http::Request<ProxyBody>,
         upgrade: bool,
     ) -> Result<http::Response<ProxyBody>, UpstreamError> {
-        let pooled = if upgrade { None } else { target.take_idle() };
+        let mut pooled = if upgrade { None } else { target.take_idle() };
+        // A pooled connection may have been closed by the target since: try the next.
+        while let Some(mut sender) = pooled.take() {
+            if sender.ready().await.is_ok() {
+                pooled = Some(sender);
+                break;
+            }
+            pooled = target.take_idle();
+        }
         let mut sender = match pooled {
             Some(sender) => sender,
             None => self.connect_h1(target).await?,
@@ -308,6 +328,7 @@ impl Pool {
                 UpstreamError::Connect { target: address.clone(), message: error.to_string() }
             })?;
             let _ = tcp.set_nodelay(true);
+            self.connects.inc();
             let Some(tls) = &self.tls else { return Ok(Stream::Plain(tcp)) };
             let server_name = match &tls.server_name {
                 Some(name) => name.clone(),
@@ -371,19 +392,21 @@ impl Pool {
 }
 
 impl Target {
-    /// An idle connection that is still open, if any.
+    /// The most recently used idle connection not known to be closed, if any.
     fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(sender) = idle.pop_back() {
-            if sender.is_ready() {
+            if !sender.is_closed() {
                 return Some(sender);
             }
         }
         None
     }
 
+    /// Keeps `sender` for the next request. Its connection may still be finishing the response
+    /// (hyper marks it ready a moment later): the next user waits on `ready()`.
     fn give_back(&self, sender: http1::SendRequest<ProxyBody>, max_idle: usize) {
-        if !sender.is_ready() {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -435,6 +458,24 @@ struct PooledBody {
     give_back: Option<(http1::SendRequest<ProxyBody>, Arc<Target>, usize)>,
 }
 
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((sender, target, max_idle)) = self.give_back.take() {
+            target.give_back(sender, max_idle);
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body that ended (an empty one is never polled) leaves a reusable connection; one
+        // dropped midway does not.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -445,11 +486,10 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => {
-                if let Some((sender, target, max_idle)) = self.give_back.take() {
-                    target.give_back(sender, max_idle);
-                }
-            }
+            // hyper's server stops polling a body once `is_end_stream` says it ended, so the
+            // last data frame may be the last poll: give the connection back then too.
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
             Poll::Ready(Some(Err(_))) => self.give_back = None,
             _ => {}
         }

@@ -354,6 +354,7 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
     let serve = Serve::start(&kagi, &proxy_config(&kagi, store, echo, ""));
     let address = serve.listener("public");
     let ca = ca(&kagi);
+    let admin = serve.admin.clone();
     runtime().block_on(async {
         for alpn in [&b"h2"[..], b"http/1.1"] {
             let tls = tls_client(&ca, &[alpn], None);
@@ -412,6 +413,31 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
         let answer =
             send(&tls, address, Some("localhost"), get("localhost", "/objects/a")).await.unwrap();
         assert_eq!(answer.body, Bytes::from_static(b"stored through kagi"));
+        // Kept-alive connections to the upstream are reused: twenty requests, one connection
+        // or two (the previous ones' may still be finishing), not twenty.
+        let opened = |serve_admin: &str| {
+            let text = http_get(serve_admin, "/metrics");
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "kagi_proxy_upstream_connections_opened_total{upstream=\"store\"} ",
+                    )
+                })
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let before = opened(&admin);
+        for _ in 0..20 {
+            let answer = send(&tls, address, Some("localhost"), get("localhost", "/objects/a"))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200);
+        }
+        assert!(
+            opened(&admin) - before <= 2.0,
+            "{} connections for 20 requests",
+            opened(&admin) - before
+        );
         // A streamed response larger than any buffer arrives whole.
         let answer = send(&tls, address, Some("localhost"), get("localhost", "/bytes?n=5000000"))
             .await
@@ -433,7 +459,7 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
         )
     };
     let web = handshakes("web", "full") + handshakes("web", "resumed");
-    assert_eq!(web, 8.0, "connections that got the web certificate");
+    assert_eq!(web, 28.0, "connections that got the web certificate");
     assert_eq!(handshakes("other", "full") + handshakes("other", "resumed"), 2.0);
     let meta: Value = serde_json::from_str(
         &std::fs::read_to_string(kagi.data_dir().join("certs/web.json")).unwrap(),
@@ -448,9 +474,16 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
     assert!(signatures >= 2.0, "one full handshake per client configuration at least");
     let expiry = serve.metric_sum("kagi_tls_certificate_expiry_seconds", &["certificate=\"web\""]);
     assert!(expiry > 80.0 * 86400.0 && expiry <= 90.0 * 86400.0, "90 days: {expiry}");
-    let log = std::fs::read_to_string(kagi.path("access.log")).unwrap();
-    let line: Value =
-        serde_json::from_str(log.lines().find(|l| l.contains("\"PUT\"")).unwrap()).unwrap();
+    // The access log is written in batches: wait for the line.
+    let deadline = Instant::now() + START_TIMEOUT;
+    let line = loop {
+        let log = std::fs::read_to_string(kagi.path("access.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("\"PUT\"")) {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(line["route"], "objects");
     assert_eq!(line["status"], 201);
     assert_eq!(line["bytes_in"], 19);
