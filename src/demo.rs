@@ -4,8 +4,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `PUT /objects/NAME` | stores the body as it arrived (201) |
-//! | `GET`/`HEAD /objects/NAME` | the stored bytes (404 if none) |
+//! | `PUT /objects/NAME` | stores the body as it arrived, and its content type (201) |
+//! | `GET`/`HEAD /objects/NAME` | the stored bytes with their content type (404 if none) |
 //! | `DELETE /objects/NAME` | forgets them (204) |
 //! | `GET /objects` | the names stored, as JSON |
 //! | `ANY /echo…` | the request as JSON: method, path, version, headers, body length |
@@ -39,7 +39,8 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// The objects stored.
 #[derive(Debug, Default)]
 struct Store {
-    objects: Mutex<BTreeMap<String, Bytes>>,
+    /// Each object's content type and bytes.
+    objects: Mutex<BTreeMap<String, (String, Bytes)>>,
 }
 
 /// Serves the sample backend on `listener` until the task is dropped.
@@ -136,26 +137,27 @@ async fn answer(store: &Store, mut request: Request<Incoming>) -> Response<Body>
     let name = name.to_owned();
     match *request.method() {
         Method::PUT | Method::POST => {
-            let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
             let body = match request.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(_) => return full(StatusCode::BAD_REQUEST, "text/plain", "body failed\n"),
             };
             let mut objects = lock(store);
-            let stored: usize = objects.values().map(Bytes::len).sum();
+            let stored: usize = objects.values().map(|(_, bytes)| bytes.len()).sum();
             if stored.saturating_add(body.len()) > MAX_STORED {
                 return full(StatusCode::INSUFFICIENT_STORAGE, "text/plain", "store full\n");
             }
-            objects.insert(name, body);
+            objects.insert(name, (content_type, body));
             drop(objects);
-            let mut response = full(StatusCode::CREATED, "text/plain", "");
-            if let Some(content_type) = content_type {
-                response.headers_mut().insert("x-stored-content-type", content_type);
-            }
-            response
+            full(StatusCode::CREATED, "text/plain", "")
         }
         Method::GET | Method::HEAD => match lock(store).get(&name) {
-            Some(bytes) => full(StatusCode::OK, "application/octet-stream", bytes.clone()),
+            Some((content_type, bytes)) => full(StatusCode::OK, content_type, bytes.clone()),
             None => full(StatusCode::NOT_FOUND, "text/plain", "no such object\n"),
         },
         Method::DELETE => {
@@ -166,7 +168,7 @@ async fn answer(store: &Store, mut request: Request<Incoming>) -> Response<Body>
     }
 }
 
-fn lock(store: &Store) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+fn lock(store: &Store) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, Bytes)>> {
     store.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -8,8 +8,9 @@ mod proxy;
 pub mod raw;
 
 pub use proxy::{
-    AccessLogConfig, AccessLogFormat, HostHeader, HostMatch, ListenerConfig, ListenerTls,
-    ProxyConfig, RouteConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    AccessLogConfig, AccessLogFormat, ContextSource, EnvelopeConfig, HostHeader, HostMatch,
+    ListenerConfig, ListenerTls, ProxyConfig, RouteConfig, UpstreamConfig, UpstreamProtocol,
+    UpstreamTls,
 };
 
 use std::collections::HashMap;

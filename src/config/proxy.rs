@@ -32,7 +32,7 @@ pub struct ProxyConfig {
 pub struct AccessLogConfig {
     /// The line format.
     pub format: AccessLogFormat,
-    /// A file to append to; `None`: standard output.
+    /// A file to append to; `None`: standard output; `off`: no access log.
     pub path: Option<PathBuf>,
 }
 
@@ -130,6 +130,50 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// The Host the upstream sees.
     pub host_header: HostHeader,
+    /// Envelope encryption of bodies, if the route has it.
+    pub envelope: Option<EnvelopeConfig>,
+}
+
+/// A route's envelope encryption.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeConfig {
+    /// The KMS key (id, ARN or alias).
+    pub key: String,
+    /// The request methods whose bodies are encrypted.
+    pub methods: Vec<http::Method>,
+    /// The request content types encrypted (`type/subtype` or `type/*`, lowercase); empty: all.
+    pub content_types: Vec<String>,
+    /// The encryption context, pair by pair, in file order.
+    pub context: Vec<(String, ContextSource)>,
+    /// Whether response bodies are decrypted.
+    pub decrypt_responses: bool,
+    /// Whether a response that is not an encrypted message passes through.
+    pub allow_plaintext_responses: bool,
+    /// The algorithm suite messages are written with.
+    pub suite: crate::envelope::Suite,
+    /// Plaintext bytes per frame.
+    pub frame_length: u32,
+    /// JSON pointers of the values encrypted (field mode); empty: whole bodies.
+    pub json_fields: Vec<String>,
+    /// The largest JSON document in field mode.
+    pub max_json_bytes: u64,
+    /// The principal the route acts as under key policies.
+    pub principal: String,
+    /// Whether Range requests are answered from the decrypted stream (else 416).
+    pub decrypt_ranges: bool,
+}
+
+/// Where an encryption context value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContextSource {
+    /// A constant.
+    Value(String),
+    /// A request header; a request without it is refused.
+    Header(http::HeaderName),
+    /// The route's name.
+    Route,
+    /// The request path (without the query).
+    Path,
 }
 
 /// Which hosts a route matches. Hosts compare lowercase, without port or trailing dot.
@@ -205,10 +249,10 @@ impl Builder<'_> {
                     _ => return Err(self.error(format, "access_log_format is json or text")),
                 };
             }
-            if let Some(path) = &proxy.access_log
-                && path.get_ref() != "-"
-            {
-                config.access_log.path = Some(self.path(path.get_ref()));
+            match proxy.access_log.as_ref().map(|p| p.get_ref().as_str()) {
+                None | Some("-") => {}
+                Some("off") => config.access_log.path = Some(PathBuf::from("off")),
+                Some(path) => config.access_log.path = Some(self.path(path)),
             }
         }
         let mut names = HashSet::new();
@@ -440,6 +484,116 @@ impl Builder<'_> {
         })
     }
 
+    fn envelope(&self, route: &str, raw: &raw::Envelope) -> Result<EnvelopeConfig, ConfigError> {
+        if raw.key.get_ref().is_empty() {
+            return Err(self.error(&raw.key, "key names a KMS key: an id, ARN or alias/NAME"));
+        }
+        let methods = match &raw.methods {
+            None => vec![http::Method::PUT, http::Method::POST, http::Method::PATCH],
+            Some(methods) => methods
+                .iter()
+                .map(|m| {
+                    http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes())
+                        .map_err(|_| self.error(m, "not an HTTP method"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut content_types = Vec::new();
+        for content_type in raw.content_types.iter().flatten() {
+            let text = content_type.get_ref().trim().to_ascii_lowercase();
+            let valid = text.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && !text.contains([' ', ';', ','])
+            });
+            if !valid {
+                return Err(self.error(content_type, "a content type is type/subtype or type/*"));
+            }
+            content_types.push(text);
+        }
+        let mut context = Vec::new();
+        for pair in &raw.context {
+            let key = pair.key.get_ref();
+            if key.is_empty() || key.starts_with("aws") {
+                return Err(
+                    self.error(&pair.key, "a context key is not empty and does not start with aws")
+                );
+            }
+            if context.iter().any(|(k, _)| k == key) {
+                return Err(self.error(&pair.key, "a second context pair with this key"));
+            }
+            let source = match (&pair.value, &pair.header, &pair.from) {
+                (Some(value), None, None) => ContextSource::Value(value.get_ref().clone()),
+                (None, Some(header), None) => ContextSource::Header(
+                    http::HeaderName::from_bytes(header.get_ref().as_bytes())
+                        .map_err(|_| self.error(header, "not a header name"))?,
+                ),
+                (None, None, Some(from)) => match from.get_ref().as_str() {
+                    "route" => ContextSource::Route,
+                    "path" => ContextSource::Path,
+                    _ => return Err(self.error(from, "from is route or path")),
+                },
+                _ => {
+                    return Err(self.error(&pair.key, "give exactly one of value, header or from"));
+                }
+            };
+            context.push((key.clone(), source));
+        }
+        let suite = match raw.suite.as_ref().map(|s| (s, s.get_ref().trim_start_matches("0x"))) {
+            None | Some((_, "0478")) => crate::envelope::Suite::Aes256GcmHkdfSha512CommitKey,
+            Some((_, "0578")) => crate::envelope::Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+            Some((spanned, _)) => return Err(self.error(spanned, "suite is 0478 or 0578")),
+        };
+        let frame_length = match &raw.frame_length {
+            None => crate::envelope::format::DEFAULT_FRAME_LENGTH,
+            Some(length) => {
+                let value = u32::try_from(*length.get_ref()).ok().filter(|v| {
+                    crate::envelope::format::check_frame_length(*v).is_ok()
+                        && *v <= 16 * 1024 * 1024
+                });
+                value.ok_or_else(|| self.error(length, "frame_length is 1 to 16777216"))?
+            }
+        };
+        let mut json_fields = Vec::new();
+        for pointer in raw.json_fields.iter().flatten() {
+            if !pointer.get_ref().starts_with('/') {
+                return Err(self.error(pointer, "a JSON pointer starts with / (RFC 6901)"));
+            }
+            json_fields.push(pointer.get_ref().clone());
+        }
+        let principal = match &raw.principal {
+            Some(principal) => {
+                let name = principal.get_ref();
+                let ok = (1..=64).contains(&name.len())
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+                if !ok {
+                    return Err(
+                        self.error(principal, "a principal name is 1–64 of A-Z a-z 0-9 +=,.@_-")
+                    );
+                }
+                name.clone()
+            }
+            None => format!("route-{route}").chars().take(64).collect(),
+        };
+        let decrypt_ranges = match raw.range.as_ref().map(|r| (r, r.get_ref().as_str())) {
+            None | Some((_, "refuse")) => false,
+            Some((_, "decrypt")) => true,
+            Some((spanned, _)) => return Err(self.error(spanned, "range is refuse or decrypt")),
+        };
+        Ok(EnvelopeConfig {
+            key: raw.key.get_ref().clone(),
+            methods,
+            content_types,
+            context,
+            decrypt_responses: raw.decrypt_responses.unwrap_or(true),
+            allow_plaintext_responses: raw.allow_plaintext_responses.unwrap_or(false),
+            suite,
+            frame_length,
+            json_fields,
+            max_json_bytes: self.count(raw.max_json_bytes.as_ref(), 1024 * 1024, 2, 1 << 30)?,
+            principal,
+            decrypt_ranges,
+        })
+    }
+
     fn route(&self, raw: &raw::Route) -> Result<RouteConfig, ConfigError> {
         let name = self.name(&raw.name, "route")?;
         let host = match &raw.host {
@@ -478,13 +632,14 @@ impl Builder<'_> {
             }
         };
         Ok(RouteConfig {
-            name,
             listeners: raw.listeners.iter().flatten().map(|l| l.get_ref().clone()).collect(),
             host,
             path_prefix,
             upstream: raw.upstream.get_ref().clone(),
             max_body_bytes: self.count(raw.max_body_bytes.as_ref(), MAX_BODY_BYTES, 0, u64::MAX)?,
             host_header,
+            envelope: raw.envelope.as_ref().map(|e| self.envelope(&name, e)).transpose()?,
+            name,
         })
     }
 }

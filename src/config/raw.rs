@@ -119,6 +119,53 @@ pub struct Route {
     /// The Host the upstream sees: `client` (default: as the client sent it), `upstream`
     /// (the target's address), or a fixed name.
     pub host_header: Option<Spanned<String>>,
+    /// `[routes.envelope]`: encrypt request bodies, decrypt response bodies.
+    pub envelope: Option<Envelope>,
+}
+
+/// `[routes.envelope]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// The KMS key (id, ARN or alias).
+    pub key: Spanned<String>,
+    /// The request methods whose bodies are encrypted (default PUT, POST, PATCH).
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// The request content types encrypted (`type/subtype`, `type/*`; default: all).
+    pub content_types: Option<Vec<Spanned<String>>>,
+    /// `[[routes.envelope.context]]`: the encryption context, pair by pair.
+    #[serde(default)]
+    pub context: Vec<ContextPair>,
+    /// Whether response bodies are decrypted (default true).
+    pub decrypt_responses: Option<bool>,
+    /// Whether a response that is not an encrypted message passes through (default false: 502).
+    pub allow_plaintext_responses: Option<bool>,
+    /// `0478` (default) or `0578`.
+    pub suite: Option<Spanned<String>>,
+    /// Plaintext bytes per frame (default 65536).
+    pub frame_length: Option<Spanned<u64>>,
+    /// JSON pointers: only these values are encrypted, each into its own message.
+    pub json_fields: Option<Vec<Spanned<String>>>,
+    /// The largest JSON document in field mode, in bytes (default 1 MiB).
+    pub max_json_bytes: Option<Spanned<u64>>,
+    /// The principal the route acts as under key policies (default `route-NAME`).
+    pub principal: Option<Spanned<String>>,
+    /// Range requests: `refuse` (default, 416) or `decrypt` (served from the decrypted stream).
+    pub range: Option<Spanned<String>>,
+}
+
+/// `[[routes.envelope.context]]`: one pair, its value from exactly one source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextPair {
+    /// The context key.
+    pub key: Spanned<String>,
+    /// A constant value.
+    pub value: Option<Spanned<String>>,
+    /// A request header (a request without it is refused).
+    pub header: Option<Spanned<String>>,
+    /// `route` (the route's name) or `path` (the request path).
+    pub from: Option<Spanned<String>>,
 }
 
 /// `[[webhooks]]`: where key state changes are POSTed.

@@ -18,6 +18,7 @@
 
 mod access;
 mod body;
+mod envelope;
 mod headers;
 mod idle;
 mod listener;
@@ -31,12 +32,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 
 pub use access::{AccessLog, Entry};
+pub use envelope::Keys;
 pub use listener::{Bound, Drain, Listeners};
 pub use upstream::{Pool, ProxyBody, UpstreamError};
 
@@ -56,6 +58,10 @@ pub struct Snapshot {
     pools: HashMap<String, Arc<Pool>>,
     access_log: Arc<AccessLog>,
     metrics: ProxyMetrics,
+    /// Data keys for envelope routes.
+    keys: Keys,
+    /// Each envelope route's key ARN, resolved when the snapshot was built.
+    key_arns: HashMap<String, String>,
 }
 
 /// A listener's part of a snapshot.
@@ -81,6 +87,7 @@ impl Snapshot {
         data_dir: &Path,
         sessions: &SessionState,
         metrics: &ProxyMetrics,
+        keys: &Keys,
     ) -> Result<Self, String> {
         let store = CertStore::new(data_dir);
         let mut loaded: HashMap<String, Arc<crate::tls::CertEntry>> = HashMap::new();
@@ -128,9 +135,27 @@ impl Snapshot {
                 Arc::new(Pool::new(Arc::clone(upstream), connects)?),
             );
         }
+        // Every envelope route's key must exist; messages name it by ARN.
+        let mut key_arns = HashMap::new();
+        for route in &config.routes {
+            let Some(envelope) = &route.envelope else { continue };
+            let arn = keys
+                .key_arn(&envelope.principal, &envelope.key)
+                .await
+                .map_err(|e| format!("route {:?}: key {:?}: {e}", route.name, envelope.key))?;
+            key_arns.insert(route.name.clone(), arn);
+        }
         let access_log =
             Arc::new(AccessLog::open(&config.access_log, metrics.access_log_dropped())?);
-        Ok(Self { config: config.clone(), listeners, pools, access_log, metrics: metrics.clone() })
+        Ok(Self {
+            config: config.clone(),
+            listeners,
+            pools,
+            access_log,
+            metrics: metrics.clone(),
+            keys: Arc::clone(keys),
+            key_arns,
+        })
     }
 
     /// The configuration this snapshot serves.
@@ -253,14 +278,42 @@ pub async fn handle(
         .flatten();
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let tally = Arc::new(body::Tally::default());
+    let (mut parts, incoming) = request.into_parts();
+    let mut outbound_body: ProxyBody =
+        UnsyncBoxBody::new(body::Limited::new(incoming, route.max_body_bytes, Arc::clone(&tally)));
+    // Envelope routes: the context of this request, the request body encrypted, and what to
+    // do with the response.
+    let mut decrypting = None;
+    if let Some(config) = &route.envelope {
+        let prepared = prepare_envelope(snapshot, &route, config, &mut parts, outbound_body).await;
+        match prepared {
+            Ok((body, plan)) => {
+                outbound_body = body;
+                decrypting = plan;
+            }
+            Err((refusal, reason)) => {
+                snapshot.metrics.envelope_failure(&route.name, reason);
+                entry.error = Some(format!("{reason}: {}", refusal.message));
+                return finish_error(
+                    snapshot,
+                    entry,
+                    &method,
+                    started,
+                    refusal.status,
+                    refusal.kind,
+                    refusal.message,
+                );
+            }
+        }
+    }
     let outbound = match upstream_request(
-        request,
+        parts,
+        outbound_body,
         &route,
         pool.config(),
         connection,
         host.as_deref(),
         upgrade.as_ref(),
-        &tally,
     ) {
         Ok(outbound) => outbound,
         Err(message) => {
@@ -330,6 +383,25 @@ pub async fn handle(
             tunnel(client_upgrade, upstream_upgrade, &route_name).await;
         });
     }
+    if let Some(plan) = decrypting {
+        match open_envelope(snapshot, &route, plan, response).await {
+            Ok(decrypted) => response = decrypted,
+            Err((refusal, reason)) => {
+                snapshot.metrics.envelope_failure(&route.name, reason);
+                tracing::warn!(target: "kagi::proxy", route = %route.name, client = %connection.peer, %reason, "an encrypted response was not released");
+                entry.error = Some(format!("{reason}: {}", refusal.message));
+                return finish_error(
+                    snapshot,
+                    entry,
+                    &method,
+                    started,
+                    refusal.status,
+                    refusal.kind,
+                    refusal.message,
+                );
+            }
+        }
+    }
     let status = response.status();
     *response.version_mut() = Version::HTTP_11;
     let snapshot_for_log = Arc::clone(snapshot);
@@ -352,21 +424,213 @@ pub async fn handle(
     })
 }
 
+/// How a response on an envelope route is to be decrypted.
+struct DecryptPlan {
+    options: crate::envelope::DecryptOptions,
+    /// The client asked HEAD (the upstream was asked GET).
+    head: bool,
+    /// The client's Range, to cut from the decrypted stream.
+    range: Option<HeaderValue>,
+}
+
+/// The request side of an envelope route: checks, the context, the body encrypted when the
+/// route encrypts this request, and the plan for its response.
+async fn prepare_envelope(
+    snapshot: &Snapshot,
+    route: &RouteConfig,
+    config: &crate::config::EnvelopeConfig,
+    parts: &mut http::request::Parts,
+    body: ProxyBody,
+) -> Result<(ProxyBody, Option<DecryptPlan>), (envelope::Refusal, &'static str)> {
+    let context = envelope::request_context(route, config, &parts.headers, parts.uri.path())
+        .map_err(|refusal| (refusal, "missing_context"))?;
+    let keys = snapshot.keys.as_ref();
+    let mut body = body;
+    if envelope::encrypts(config, &parts.method, &parts.headers) {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if config.json_fields.is_empty() {
+            let (encrypted, length) =
+                envelope::encrypt_body(keys, config, context.clone(), body, declared).await?;
+            body = encrypted;
+            set_length(&mut parts.headers, length);
+        } else {
+            let document = envelope::encrypt_json(keys, config, &context, body).await?;
+            set_length(&mut parts.headers, Some(document.len() as u64));
+            body = full_body(document);
+        }
+        // The upstream's digests would be of plaintext it never sees.
+        parts.headers.remove("content-md5");
+        parts.headers.remove("digest");
+        snapshot.metrics.envelope_encrypted(&route.name, declared);
+    }
+    if !config.decrypt_responses {
+        return Ok((body, None));
+    }
+    let whole = config.json_fields.is_empty();
+    let head = parts.method == Method::HEAD;
+    let fetches = parts.method == Method::GET || head;
+    let mut range = None;
+    if whole && fetches {
+        if let Some(value) = parts.headers.remove(header::RANGE) {
+            if !config.decrypt_ranges {
+                return Err((
+                    envelope::Refusal {
+                        status: StatusCode::RANGE_NOT_SATISFIABLE,
+                        kind: "range_refused",
+                        message: "this route does not serve ranges of encrypted objects".into(),
+                    },
+                    "range",
+                ));
+            }
+            range = Some(value);
+        }
+        // Conditions on validators the client never saw (they are the ciphertext's).
+        for name in [header::IF_MATCH, header::IF_NONE_MATCH, header::IF_RANGE] {
+            parts.headers.remove(name);
+        }
+        if head {
+            parts.method = Method::GET;
+        }
+    }
+    if whole && !fetches {
+        return Ok((body, None));
+    }
+    let Some(key_arn) = snapshot.key_arns.get(&route.name).cloned() else {
+        return Ok((body, None));
+    };
+    let options = crate::envelope::DecryptOptions { key_arn, context };
+    Ok((body, Some(DecryptPlan { options, head, range })))
+}
+
+/// The response side of an envelope route.
+async fn open_envelope(
+    snapshot: &Snapshot,
+    route: &RouteConfig,
+    plan: DecryptPlan,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, (envelope::Refusal, &'static str)> {
+    let Some(config) = &route.envelope else { return Ok(response) };
+    if !response.status().is_success() || response.status() == StatusCode::NO_CONTENT {
+        return Ok(response);
+    }
+    let keys = snapshot.keys.as_ref();
+    let (mut parts, body) = response.into_parts();
+    if !config.json_fields.is_empty() {
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        if !is_json {
+            return Ok(Response::from_parts(parts, body));
+        }
+        let document = envelope::decrypt_json(keys, config, &plan.options, body).await?;
+        set_length(&mut parts.headers, Some(document.len() as u64));
+        parts.headers.remove(header::ETAG);
+        return Ok(Response::from_parts(parts, full_body(document)));
+    }
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let opened = envelope::open_response(keys, config, plan.options, body, length).await?;
+    let (body, plaintext_length) = match opened {
+        envelope::Opened::Plaintext(body) => return Ok(Response::from_parts(parts, body)),
+        envelope::Opened::Whole(bytes) => {
+            let length = bytes.len() as u64;
+            (full_body(bytes), Some(length))
+        }
+        envelope::Opened::Streaming(body, length) => (body, length),
+    };
+    snapshot.metrics.envelope_decrypted(&route.name, plaintext_length);
+    for name in [
+        header::ETAG,
+        header::HeaderName::from_static("content-md5"),
+        header::HeaderName::from_static("digest"),
+    ] {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::ACCEPT_RANGES);
+    let mut body = body;
+    if let Some(range) = plan.range {
+        let Some((start, count)) = envelope::parse_range(&range, plaintext_length)
+            .filter(|(start, _)| plaintext_length.is_none_or(|total| *start < total))
+        else {
+            return Err((
+                envelope::Refusal {
+                    status: StatusCode::RANGE_NOT_SATISFIABLE,
+                    kind: "range_not_satisfiable",
+                    message: "the range is not within the object".into(),
+                },
+                "range",
+            ));
+        };
+        let count = match (count, plaintext_length) {
+            (Some(count), Some(total)) => Some(count.min(total - start)),
+            (count, _) => count,
+        };
+        let end = match (count, plaintext_length) {
+            (Some(count), _) => (start + count).saturating_sub(1).to_string(),
+            (None, Some(total)) => (total - 1).to_string(),
+            (None, None) => String::new(),
+        };
+        let total = plaintext_length.map_or_else(|| "*".to_owned(), |t| t.to_string());
+        let content_range = if end.is_empty() {
+            // The end is unknown until the stream ends: say what is known.
+            format!("bytes {start}-*/{total}")
+        } else {
+            format!("bytes {start}-{end}/{total}")
+        };
+        if let Ok(value) = HeaderValue::from_str(&content_range) {
+            parts.headers.insert(header::CONTENT_RANGE, value);
+        }
+        parts.status = StatusCode::PARTIAL_CONTENT;
+        set_length(&mut parts.headers, count);
+        body = UnsyncBoxBody::new(envelope::RangeBody { inner: body, skip: start, take: count });
+    } else {
+        set_length(&mut parts.headers, plaintext_length);
+    }
+    if plan.head {
+        body = full_body(Bytes::new());
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Sets Content-Length, or removes it when the length is not known (chunked).
+fn set_length(headers: &mut http::HeaderMap, length: Option<u64>) {
+    match length {
+        Some(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
+fn full_body(bytes: Bytes) -> ProxyBody {
+    UnsyncBoxBody::new(Full::new(bytes).map_err(|never| match never {}))
+}
+
 fn route_label(entry: &Entry) -> &str {
     entry.route.as_deref().unwrap_or("")
 }
 
 /// Builds the request kagi sends upstream.
 fn upstream_request(
-    request: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
     route: &RouteConfig,
     upstream: &crate::config::UpstreamConfig,
     connection: Connection,
     host: Option<&str>,
     upgrade: Option<&HeaderValue>,
-    tally: &Arc<body::Tally>,
 ) -> Result<Request<ProxyBody>, String> {
-    let (mut parts, incoming) = request.into_parts();
     let client_host = parts
         .headers
         .get(header::HOST)
@@ -409,8 +673,7 @@ fn upstream_request(
             parts.version = Version::HTTP_11;
         }
     }
-    let limited = body::Limited::new(incoming, route.max_body_bytes, Arc::clone(tally));
-    Ok(Request::from_parts(parts, UnsyncBoxBody::new(limited)))
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Copies bytes both ways between an upgraded client connection and an upgraded upstream
@@ -462,7 +725,7 @@ fn protocol_name(version: Version) -> &'static str {
 fn finish_error(
     snapshot: &Snapshot,
     mut entry: Entry,
-    method: &http::Method,
+    method: &Method,
     started: Instant,
     status: StatusCode,
     kind: &str,

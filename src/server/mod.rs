@@ -99,12 +99,22 @@ pub async fn serve(
         Arc::clone(&metrics),
     ));
     let sessions = SessionState::new().map_err(|e| ServeError(e.to_string()))?;
+    // Envelope routes get their data keys here, each route acting as its own principal under
+    // the key policies.
+    let keys: crate::proxy::Keys =
+        Arc::new(crate::envelope::KeystoreKeys::new(Arc::clone(&keystore), "proxy"));
     let (api_tls, ca_bundle) = api_tls(&config, &keystore, &sessions).await?;
     let (api_tls, api_tls_rx) = watch::channel(Arc::new(api_tls));
-    let snapshot =
-        Snapshot::build(&config.proxy, &keystore, &config.data_dir, &sessions, metrics.proxy())
-            .await
-            .map_err(ServeError)?;
+    let snapshot = Snapshot::build(
+        &config.proxy,
+        &keystore,
+        &config.data_dir,
+        &sessions,
+        metrics.proxy(),
+        &keys,
+    )
+    .await
+    .map_err(ServeError)?;
     let (snapshots, snapshots_rx) = watch::channel(Arc::new(snapshot));
     let listener = TcpListener::bind(config.api.listen)
         .await
@@ -169,6 +179,7 @@ pub async fn serve(
         api: Arc::clone(&api),
         api_tls,
         snapshots,
+        keys,
     };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| ServeError(format!("cannot watch SIGHUP: {e}")))?;
@@ -217,6 +228,7 @@ struct Reloader {
     api: Arc<Api>,
     api_tls: watch::Sender<Arc<ApiTls>>,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    keys: crate::proxy::Keys,
 }
 
 impl Reloader {
@@ -265,6 +277,7 @@ impl Reloader {
             &self.current.data_dir,
             &self.sessions,
             self.metrics.proxy(),
+            &self.keys,
         )
         .await?;
         let (api_tls, _) =

@@ -62,3 +62,7 @@ mod proxy;
 // `kagi envelope` (AWS Encryption SDK messages) against the official Python SDK through `kagi
 // serve`, both ways and both suites; tampered and truncated messages refused with no output.
 mod envelope;
+
+// Envelope routes of the proxy in front of a real object store: ciphertext at rest, plaintext
+// to clients, context binding, tampering, rotation, disabled keys, JSON fields, the Python SDK.
+mod envelope_proxy;

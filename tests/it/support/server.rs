@@ -83,6 +83,22 @@ impl Server {
         Self::launch(Some(data_dir), principals, "", api, "")
     }
 
+    /// [`Server::start_on`] with more configuration (TOML tables) at the end.
+    pub(crate) fn start_on_with(
+        data_dir: &Path,
+        principals: &[TestPrincipal],
+        extra: &str,
+    ) -> Self {
+        Self::launch(Some(data_dir), principals, "", "", extra)
+    }
+
+    /// What the ready file says the proxy listener `name` listens on.
+    pub(crate) fn listener(&self, name: &str) -> SocketAddr {
+        let text = std::fs::read_to_string(self.dir.path().join("ready.json")).expect("ready file");
+        let ready: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        ready["listeners"][name].as_str().expect("listener").parse().expect("address")
+    }
+
     fn launch(
         data_dir: Option<&Path>,
         principals: &[TestPrincipal],
