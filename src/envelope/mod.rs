@@ -16,12 +16,16 @@
 //! - [`keys`]: the narrow [`KeyService`] through which the envelope (and the proxy) get data
 //!   keys: generate one under a KMS key, decrypt one. Implemented over the embedded keystore
 //!   (authorizing the principal under the key policies, audited) and over the KMS HTTP API.
+//! - [`cache`]: [`CachingKeys`], a [`KeyService`] in front of another that reuses data keys
+//!   within limits of age, messages and bytes, makes one call for concurrent identical misses,
+//!   and drops the keys of a revoked key ([`CacheInvalidator`], a keystore observer).
 //!
 //! # What it does not do
 //!
 //! No sockets or files: callers feed bytes in and write bytes out (the keystore-backed and
-//! HTTP-backed [`KeyService`]s only delegate to the keystore and the API client). No data-key
-//! caching: every message asks the [`KeyService`] for its data key.
+//! HTTP-backed [`KeyService`]s only delegate to the keystore and the API client). Data keys are
+//! cached only when the caller puts a [`CachingKeys`] in front of its key service; the cache
+//! uses tokio's synchronization and clock but spawns nothing and runs no timers.
 //!
 //! # Errors
 //!
@@ -31,11 +35,13 @@
 //! untrusted clients should fold all the message faults into one answer
 //! ([`Error::is_message_fault`]), so that the answer is no oracle.
 
+pub mod cache;
 pub mod format;
 pub mod json;
 pub mod keys;
 pub mod stream;
 
+pub use cache::{CacheInvalidator, CacheLimits, CachingKeys, DataKeyUsage};
 pub use format::{EncryptedDataKey, Header, Suite};
 pub use json::{decrypt_fields, encrypt_fields};
 pub use keys::{DataKey, KeyService, KeyServiceError, KeystoreKeys, RemoteKeys};

@@ -8,10 +8,12 @@
 //! | TLS | `kagi_tls_*` (`tls.rs`) | the listeners per handshake, [`Metrics::scrape`] (expiry from the certificate store) |
 //! | proxy | `kagi_proxy_*`, `kagi_config_*` (`proxy.rs`) | the proxy per request and connection, the reloader |
 //! | keys | `kagi_key_*`, `kagi_keys`, `kagi_audit_*` (`keys.rs`) | the API (per key), the keystore through [`KeyObserver`], and [`Metrics::scrape`] (gauges from the inventory) |
+//! | envelope | `kagi_envelope_*` (`envelope.rs`) | the proxy per body, the data-key cache (`envelope::cache`) per lookup and eviction |
 //!
 //! TLS, envelope and proxy families come as their own `XxxMetrics` beside `KeyMetrics`,
 //! registered in [`Metrics::new`].
 
+pub mod envelope;
 pub mod keys;
 pub mod proxy;
 pub mod tls;
@@ -23,6 +25,7 @@ use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts,
 use crate::audit::AuditEvent;
 use crate::keystore::Keystore;
 use crate::keystore::observe::KeyObserver;
+pub use envelope::EnvelopeMetrics;
 pub use keys::KeyMetrics;
 pub use proxy::ProxyMetrics;
 pub use tls::{HandshakeOutcome, TlsMetrics};
@@ -36,6 +39,7 @@ pub struct Metrics {
     api_throttled: IntCounterVec,
     api_access_denied: IntCounterVec,
     keys: KeyMetrics,
+    envelope: EnvelopeMetrics,
     proxy: ProxyMetrics,
     tls: TlsMetrics,
     /// The data directory whose certificate store the expiry gauges read, once set.
@@ -96,6 +100,7 @@ impl Metrics {
         registry.register(Box::new(api_throttled.clone())).expect("registered once");
         registry.register(Box::new(api_access_denied.clone())).expect("registered once");
         let keys = KeyMetrics::register(&registry);
+        let envelope = EnvelopeMetrics::register(&registry);
         let proxy = ProxyMetrics::register(&registry);
         let tls = TlsMetrics::register(&registry);
         Self {
@@ -108,6 +113,7 @@ impl Metrics {
             api_throttled,
             api_access_denied,
             keys,
+            envelope,
             scrape_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -131,6 +137,11 @@ impl Metrics {
     /// The key families.
     pub fn keys(&self) -> &KeyMetrics {
         &self.keys
+    }
+
+    /// The envelope families (bodies, failures, the data-key cache).
+    pub fn envelope(&self) -> &EnvelopeMetrics {
+        &self.envelope
     }
 
     /// The TLS families.
