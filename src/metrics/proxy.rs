@@ -147,21 +147,6 @@ impl ProxyMetrics {
         self.upstream_errors.with_label_values(&[upstream, kind]).inc();
     }
 
-    /// Counts an envelope failure on `route` (temporary: moves to the envelope families).
-    pub fn envelope_failure(&self, route: &str, reason: &str) {
-        let _ = (route, reason);
-    }
-
-    /// Counts a body encrypted on `route` (temporary).
-    pub fn envelope_encrypted(&self, route: &str, bytes: Option<u64>) {
-        let _ = (route, bytes);
-    }
-
-    /// Counts a body decrypted on `route` (temporary).
-    pub fn envelope_decrypted(&self, route: &str, bytes: Option<u64>) {
-        let _ = (route, bytes);
-    }
-
     /// The counter of connections opened to `upstream`'s targets.
     pub fn upstream_connections(&self, upstream: &str) -> IntCounter {
         self.upstream_connections.with_label_values(&[upstream])

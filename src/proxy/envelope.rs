@@ -45,10 +45,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::{BoxError, ProxyBody};
 use crate::config::{ContextSource, EnvelopeConfig, RouteConfig};
 use crate::envelope::{
-    self, DecryptOptions, Decryptor, EncryptOptions, EncryptionContext, Encryptor, KeyService,
-    Suite,
+    self, CachingKeys, DecryptOptions, Decryptor, EncryptOptions, EncryptionContext, KeyService,
+    PreparedEncryption, Suite,
 };
 use crate::keystore::ErrorKind;
+use crate::metrics::envelope::FailureReason;
 
 /// Responses up to this many bytes are decrypted whole before any is sent.
 pub(super) const WHOLE_RESPONSE: u64 = 1024 * 1024;
@@ -112,25 +113,6 @@ fn key_refusal(kind: ErrorKind, message: &str) -> Refusal {
             "the key service is busy; retry",
         ),
         _ => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "key_service_failed", message),
-    }
-}
-
-/// A metrics label for why an envelope operation failed.
-pub(super) fn failure_reason(error: &envelope::Error) -> &'static str {
-    match error {
-        envelope::Error::KeyService(service) => match service.kind() {
-            ErrorKind::AccessDenied => "access_denied",
-            ErrorKind::Disabled | ErrorKind::InvalidState | ErrorKind::NotFound => {
-                "key_unavailable"
-            }
-            _ => "key_service",
-        },
-        envelope::Error::Truncated => "truncated",
-        envelope::Error::ContextMismatch => "wrong_context",
-        envelope::Error::WrongKey | envelope::Error::WrongProvider => "wrong_key",
-        envelope::Error::Malformed(_) | envelope::Error::Unsupported(_) => "not_encrypted",
-        error if error.is_message_fault() => "tampered",
-        _ => "internal",
     }
 }
 
@@ -209,19 +191,27 @@ pub(super) fn plaintext_len(header_len: u64, ciphertext: u64, frame_length: u64)
     (last <= frame_length).then(|| regular * frame_length + last)
 }
 
-/// Encrypts a request body (whole-body mode): asks for the data key now, then streams.
-/// Returns the body and, when it can be known, its new length.
+/// Called once with the plaintext bytes a body carried, when it ends.
+pub(super) type OnEnd = Box<dyn FnOnce(u64) + Send>;
+
+/// Encrypts a request body (whole-body mode): gets the data key now (from the cache, or the
+/// key service as the route's principal), then streams. Returns the body and, when it can be
+/// known, its new length.
 pub(super) async fn encrypt_body(
-    keys: &dyn KeyService,
+    keys: &CachingKeys,
     envelope: &EnvelopeConfig,
     context: EncryptionContext,
     body: ProxyBody,
     declared: Option<u64>,
-) -> Result<(ProxyBody, Option<u64>), (Refusal, &'static str)> {
-    let encryptor =
-        Encryptor::begin(keys, &envelope.principal, &envelope.key, context, options(envelope))
-            .await
-            .map_err(|e| (Refusal::encrypting(&e), failure_reason(&e)))?;
+    on_end: OnEnd,
+) -> Result<(ProxyBody, Option<u64>), (Refusal, Option<FailureReason>)> {
+    let refuse = |e: envelope::Error| (Refusal::encrypting(&e), Some(FailureReason::of(&e)));
+    let prepared = PreparedEncryption::new(context, options(envelope)).map_err(refuse)?;
+    let (data_key, usage) = keys
+        .generate_data_key_with_usage(&envelope.principal, &envelope.key, prepared.kms_context())
+        .await
+        .map_err(|e| refuse(e.into()))?;
+    let encryptor = prepared.start(data_key).map_err(refuse)?;
     let length = match (declared, envelope.suite) {
         (Some(plaintext), Suite::Aes256GcmHkdfSha512CommitKey) => encryptor
             .header()
@@ -231,7 +221,13 @@ pub(super) async fn encrypt_body(
             .map(|header| ciphertext_len(header, plaintext, u64::from(envelope.frame_length))),
         _ => None,
     };
-    let body = EncryptingBody { inner: body, encryptor: Some(encryptor) };
+    let body = EncryptingBody {
+        inner: body,
+        encryptor: Some(encryptor),
+        usage,
+        bytes: 0,
+        on_end: Some(on_end),
+    };
     Ok((UnsyncBoxBody::new(body), length))
 }
 
@@ -257,7 +253,7 @@ pub(super) async fn encrypt_json(
     envelope: &EnvelopeConfig,
     context: &EncryptionContext,
     body: ProxyBody,
-) -> Result<Bytes, (Refusal, &'static str)> {
+) -> Result<Bytes, (Refusal, Option<FailureReason>)> {
     let bytes = collect(body, envelope.max_json_bytes).await.map_err(|error| match error {
         None => (
             Refusal::new(
@@ -268,18 +264,14 @@ pub(super) async fn encrypt_json(
                     envelope.max_json_bytes
                 ),
             ),
-            "too_large",
+            Some(FailureReason::TooLarge),
         ),
-        Some(error) => (
-            Refusal::new(StatusCode::BAD_REQUEST, "request_body", error.to_string()),
-            "request_body",
-        ),
+        Some(error) => {
+            (Refusal::new(StatusCode::BAD_REQUEST, "request_body", error.to_string()), None)
+        }
     })?;
     let mut document: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
-        (
-            Refusal::new(StatusCode::BAD_REQUEST, "not_json", "this route takes JSON documents"),
-            "not_json",
-        )
+        (Refusal::new(StatusCode::BAD_REQUEST, "not_json", "this route takes JSON documents"), None)
     })?;
     let pointers: Vec<&str> = envelope.json_fields.iter().map(String::as_str).collect();
     envelope::encrypt_fields(
@@ -292,7 +284,7 @@ pub(super) async fn encrypt_json(
         &pointers,
     )
     .await
-    .map_err(|e| (Refusal::encrypting(&e), failure_reason(&e)))?;
+    .map_err(|e| (Refusal::encrypting(&e), Some(FailureReason::of(&e))))?;
     Ok(Bytes::from(serde_json::to_vec(&document).unwrap_or_default()))
 }
 
@@ -302,7 +294,7 @@ pub(super) async fn decrypt_json(
     envelope: &EnvelopeConfig,
     expected: &DecryptOptions,
     body: ProxyBody,
-) -> Result<Bytes, (Refusal, &'static str)> {
+) -> Result<Bytes, (Refusal, Option<FailureReason>)> {
     let bytes = collect(body, envelope.max_json_bytes).await.map_err(|_| {
         (
             Refusal::new(
@@ -310,7 +302,7 @@ pub(super) async fn decrypt_json(
                 "bad_encrypted_response",
                 "the upstream's JSON response is too large or broke off",
             ),
-            "upstream",
+            Some(FailureReason::Upstream),
         )
     })?;
     let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -323,7 +315,7 @@ pub(super) async fn decrypt_json(
                     "bad_encrypted_response",
                     "the upstream's response is not JSON",
                 ),
-                "not_encrypted",
+                Some(FailureReason::NotEncrypted),
             ))
         };
     };
@@ -335,7 +327,7 @@ pub(super) async fn decrypt_json(
         Err(envelope::Error::NotAnEncryptedField(_)) if envelope.allow_plaintext_responses => {
             Ok(bytes)
         }
-        Err(error) => Err((Refusal::decrypting(&error), failure_reason(&error))),
+        Err(error) => Err((Refusal::decrypting(&error), Some(FailureReason::of(&error)))),
     }
 }
 
@@ -358,12 +350,14 @@ pub(super) async fn open_response(
     expected: DecryptOptions,
     mut body: ProxyBody,
     length: Option<u64>,
-) -> Result<Opened, (Refusal, &'static str)> {
+    on_end: OnEnd,
+) -> Result<Opened, (Refusal, Option<FailureReason>)> {
     let mut decryptor = Decryptor::new(expected);
     let mut plaintext = Vec::new();
     let mut prefix: Vec<u8> = Vec::new();
     let mut header_len = None;
-    let fault = |error: envelope::Error| (Refusal::decrypting(&error), failure_reason(&error));
+    let fault =
+        |error: envelope::Error| (Refusal::decrypting(&error), Some(FailureReason::of(&error)));
     // Up to the data key request: the header.
     while decryptor.data_key_request().is_none() {
         let Some(frame) = body.frame().await else {
@@ -379,7 +373,7 @@ pub(super) async fn open_response(
                     "bad_gateway",
                     "the upstream's response broke off",
                 ),
-                "upstream",
+                Some(FailureReason::Upstream),
             )
         })?;
         let Some(data) = frame.data_ref() else { continue };
@@ -423,7 +417,7 @@ pub(super) async fn open_response(
                         "bad_gateway",
                         "the upstream's response broke off",
                     ),
-                    "upstream",
+                    Some(FailureReason::Upstream),
                 )
             })?;
             if let Some(data) = frame.data_ref() {
@@ -435,23 +429,35 @@ pub(super) async fn open_response(
                         inner: body,
                         decryptor: Some(decryptor),
                         first: Some(first),
+                        bytes: 0,
+                        on_end: Some(on_end),
                     };
                     return Ok(Opened::Streaming(UnsyncBoxBody::new(stream), None));
                 }
             }
         }
         decryptor.finish().map_err(fault)?;
+        on_end(plaintext.len() as u64);
         return Ok(Opened::Whole(Bytes::from(plaintext)));
     }
     let first = (!plaintext.is_empty()).then(|| Bytes::from(plaintext));
-    let stream = DecryptingBody { inner: body, decryptor: Some(decryptor), first };
+    let stream = DecryptingBody {
+        inner: body,
+        decryptor: Some(decryptor),
+        first,
+        bytes: 0,
+        on_end: Some(on_end),
+    };
     Ok(Opened::Streaming(UnsyncBoxBody::new(stream), computed))
 }
 
-/// A request body encrypted frame by frame.
+/// A request body encrypted frame by frame; its plaintext bytes count against its data key.
 struct EncryptingBody {
     inner: ProxyBody,
-    encryptor: Option<Encryptor>,
+    encryptor: Option<envelope::Encryptor>,
+    usage: envelope::DataKeyUsage,
+    bytes: u64,
+    on_end: Option<OnEnd>,
 }
 
 impl Body for EncryptingBody {
@@ -476,6 +482,8 @@ impl Body for EncryptingBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers of the plaintext are not forwarded.
                     let Ok(data) = frame.into_data() else { continue };
+                    self.usage.record_bytes(data.len() as u64);
+                    self.bytes += data.len() as u64;
                     let Some(encryptor) = self.encryptor.as_mut() else { continue };
                     if let Err(error) = encryptor.update(&data, &mut out) {
                         self.encryptor = None;
@@ -486,6 +494,9 @@ impl Body for EncryptingBody {
                     let Some(encryptor) = self.encryptor.take() else { continue };
                     if let Err(error) = encryptor.finish(&mut out) {
                         return Poll::Ready(Some(Err(Box::new(error))));
+                    }
+                    if let Some(on_end) = self.on_end.take() {
+                        on_end(self.bytes);
                     }
                 }
             }
@@ -510,6 +521,8 @@ struct DecryptingBody {
     inner: ProxyBody,
     decryptor: Option<Decryptor>,
     first: Option<Bytes>,
+    bytes: u64,
+    on_end: Option<OnEnd>,
 }
 
 impl Body for DecryptingBody {
@@ -521,6 +534,7 @@ impl Body for DecryptingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(first) = self.first.take() {
+            self.bytes += first.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
         loop {
@@ -549,10 +563,14 @@ impl Body for DecryptingBody {
                         tracing::warn!(target: "kagi::proxy", %error, "an encrypted response ended early; the response is aborted");
                         return Poll::Ready(Some(Err(Box::new(error))));
                     }
+                    if let Some(on_end) = self.on_end.take() {
+                        on_end(self.bytes);
+                    }
                     return Poll::Ready(None);
                 }
             }
             if !out.is_empty() {
+                self.bytes += out.len() as u64;
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
             }
         }
@@ -648,8 +666,8 @@ pub(super) fn parse_range(value: &HeaderValue, length: Option<u64>) -> Option<(u
     }
 }
 
-/// Shared handle to the key service, as routes hold it.
-pub type Keys = Arc<dyn KeyService>;
+/// The key service routes use: the data-key cache in front of the keystore.
+pub type Keys = Arc<CachingKeys>;
 
 #[cfg(test)]
 mod tests {
@@ -661,7 +679,7 @@ mod tests {
         for (plaintext, frame) in
             [(0u64, 16u32), (1, 16), (15, 16), (16, 16), (17, 16), (64, 16), (1000, 64)]
         {
-            let prepared = envelope::PreparedEncryption::new(
+            let prepared = PreparedEncryption::new(
                 EncryptionContext::from([("a".to_owned(), "b".to_owned())]),
                 EncryptOptions { suite: Suite::Aes256GcmHkdfSha512CommitKey, frame_length: frame },
             )

@@ -45,6 +45,7 @@ pub use upstream::{Pool, ProxyBody, UpstreamError};
 use crate::config::{HostHeader, ListenerConfig, ProxyConfig, RouteConfig, UpstreamProtocol};
 use crate::keystore::Keystore;
 use crate::metrics::ProxyMetrics;
+use crate::metrics::envelope::{Direction, EnvelopeMetrics, FailureReason};
 use crate::tls::{CertStore, SessionState, SniResolver, TlsError};
 
 /// Any error a body may carry.
@@ -58,8 +59,9 @@ pub struct Snapshot {
     pools: HashMap<String, Arc<Pool>>,
     access_log: Arc<AccessLog>,
     metrics: ProxyMetrics,
-    /// Data keys for envelope routes.
+    /// Data keys for envelope routes (through the data-key cache).
     keys: Keys,
+    envelope_metrics: EnvelopeMetrics,
     /// Each envelope route's key ARN, resolved when the snapshot was built.
     key_arns: HashMap<String, String>,
 }
@@ -87,6 +89,7 @@ impl Snapshot {
         data_dir: &Path,
         sessions: &SessionState,
         metrics: &ProxyMetrics,
+        envelope_metrics: &EnvelopeMetrics,
         keys: &Keys,
     ) -> Result<Self, String> {
         let store = CertStore::new(data_dir);
@@ -139,10 +142,13 @@ impl Snapshot {
         let mut key_arns = HashMap::new();
         for route in &config.routes {
             let Some(envelope) = &route.envelope else { continue };
-            let arn = keys
-                .key_arn(&envelope.principal, &envelope.key)
-                .await
-                .map_err(|e| format!("route {:?}: key {:?}: {e}", route.name, envelope.key))?;
+            let arn = crate::envelope::KeyService::key_arn(
+                keys.as_ref(),
+                &envelope.principal,
+                &envelope.key,
+            )
+            .await
+            .map_err(|e| format!("route {:?}: key {:?}: {e}", route.name, envelope.key))?;
             key_arns.insert(route.name.clone(), arn);
         }
         let access_log =
@@ -154,8 +160,22 @@ impl Snapshot {
             access_log,
             metrics: metrics.clone(),
             keys: Arc::clone(keys),
+            envelope_metrics: envelope_metrics.clone(),
             key_arns,
         })
+    }
+
+    /// A callback counting a body of `route` in `direction` once it ends.
+    fn count_body(&self, route: &RouteConfig, direction: Direction) -> envelope::OnEnd {
+        let metrics = self.envelope_metrics.clone();
+        let route = route.name.clone();
+        let key_id = self
+            .key_arns
+            .get(&route)
+            .and_then(|arn| crate::metrics::keys::key_id_of_arn(arn))
+            .unwrap_or("-")
+            .to_owned();
+        Box::new(move |bytes| metrics.body(&route, &key_id, direction, bytes))
     }
 
     /// The configuration this snapshot serves.
@@ -292,8 +312,10 @@ pub async fn handle(
                 decrypting = plan;
             }
             Err((refusal, reason)) => {
-                snapshot.metrics.envelope_failure(&route.name, reason);
-                entry.error = Some(format!("{reason}: {}", refusal.message));
+                if let Some(reason) = reason {
+                    snapshot.envelope_metrics.failure(&route.name, reason);
+                }
+                entry.error = Some(refusal.message.clone());
                 return finish_error(
                     snapshot,
                     entry,
@@ -387,9 +409,12 @@ pub async fn handle(
         match open_envelope(snapshot, &route, plan, response).await {
             Ok(decrypted) => response = decrypted,
             Err((refusal, reason)) => {
-                snapshot.metrics.envelope_failure(&route.name, reason);
-                tracing::warn!(target: "kagi::proxy", route = %route.name, client = %connection.peer, %reason, "an encrypted response was not released");
-                entry.error = Some(format!("{reason}: {}", refusal.message));
+                let label = reason.map_or("-", FailureReason::label);
+                if let Some(reason) = reason {
+                    snapshot.envelope_metrics.failure(&route.name, reason);
+                }
+                tracing::warn!(target: "kagi::proxy", route = %route.name, client = %connection.peer, reason = %label, "an encrypted response was not released");
+                entry.error = Some(format!("{label}: {}", refusal.message));
                 return finish_error(
                     snapshot,
                     entry,
@@ -441,9 +466,9 @@ async fn prepare_envelope(
     config: &crate::config::EnvelopeConfig,
     parts: &mut http::request::Parts,
     body: ProxyBody,
-) -> Result<(ProxyBody, Option<DecryptPlan>), (envelope::Refusal, &'static str)> {
+) -> Result<(ProxyBody, Option<DecryptPlan>), (envelope::Refusal, Option<FailureReason>)> {
     let context = envelope::request_context(route, config, &parts.headers, parts.uri.path())
-        .map_err(|refusal| (refusal, "missing_context"))?;
+        .map_err(|refusal| (refusal, Some(FailureReason::MissingContext)))?;
     let keys = snapshot.keys.as_ref();
     let mut body = body;
     if envelope::encrypts(config, &parts.method, &parts.headers) {
@@ -453,19 +478,21 @@ async fn prepare_envelope(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if config.json_fields.is_empty() {
+            let on_end = snapshot.count_body(route, Direction::Encrypt);
             let (encrypted, length) =
-                envelope::encrypt_body(keys, config, context.clone(), body, declared).await?;
+                envelope::encrypt_body(keys, config, context.clone(), body, declared, on_end)
+                    .await?;
             body = encrypted;
             set_length(&mut parts.headers, length);
         } else {
             let document = envelope::encrypt_json(keys, config, &context, body).await?;
+            snapshot.count_body(route, Direction::Encrypt)(document.len() as u64);
             set_length(&mut parts.headers, Some(document.len() as u64));
             body = full_body(document);
         }
         // The upstream's digests would be of plaintext it never sees.
         parts.headers.remove("content-md5");
         parts.headers.remove("digest");
-        snapshot.metrics.envelope_encrypted(&route.name, declared);
     }
     if !config.decrypt_responses {
         return Ok((body, None));
@@ -483,7 +510,7 @@ async fn prepare_envelope(
                         kind: "range_refused",
                         message: "this route does not serve ranges of encrypted objects".into(),
                     },
-                    "range",
+                    None,
                 ));
             }
             range = Some(value);
@@ -512,7 +539,7 @@ async fn open_envelope(
     route: &RouteConfig,
     plan: DecryptPlan,
     response: Response<ProxyBody>,
-) -> Result<Response<ProxyBody>, (envelope::Refusal, &'static str)> {
+) -> Result<Response<ProxyBody>, (envelope::Refusal, Option<FailureReason>)> {
     let Some(config) = &route.envelope else { return Ok(response) };
     if !response.status().is_success() || response.status() == StatusCode::NO_CONTENT {
         return Ok(response);
@@ -529,6 +556,7 @@ async fn open_envelope(
             return Ok(Response::from_parts(parts, body));
         }
         let document = envelope::decrypt_json(keys, config, &plan.options, body).await?;
+        snapshot.count_body(route, Direction::Decrypt)(document.len() as u64);
         set_length(&mut parts.headers, Some(document.len() as u64));
         parts.headers.remove(header::ETAG);
         return Ok(Response::from_parts(parts, full_body(document)));
@@ -538,7 +566,8 @@ async fn open_envelope(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let opened = envelope::open_response(keys, config, plan.options, body, length).await?;
+    let on_end = snapshot.count_body(route, Direction::Decrypt);
+    let opened = envelope::open_response(keys, config, plan.options, body, length, on_end).await?;
     let (body, plaintext_length) = match opened {
         envelope::Opened::Plaintext(body) => return Ok(Response::from_parts(parts, body)),
         envelope::Opened::Whole(bytes) => {
@@ -547,7 +576,7 @@ async fn open_envelope(
         }
         envelope::Opened::Streaming(body, length) => (body, length),
     };
-    snapshot.metrics.envelope_decrypted(&route.name, plaintext_length);
+
     for name in [
         header::ETAG,
         header::HeaderName::from_static("content-md5"),
@@ -567,7 +596,7 @@ async fn open_envelope(
                     kind: "range_not_satisfiable",
                     message: "the range is not within the object".into(),
                 },
-                "range",
+                None,
             ));
         };
         let count = match (count, plaintext_length) {

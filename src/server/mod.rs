@@ -29,6 +29,7 @@ pub use admin::Readiness;
 
 use crate::api::{Api, ApiError, MAX_BODY};
 use crate::config::{self, Config};
+use crate::envelope::{CacheLimits, CachingKeys, KeystoreKeys};
 use crate::keystore::observe::{KeyObserver, Observers};
 use crate::keystore::{Keystore, OpContext};
 use crate::metrics::{HandshakeOutcome, Metrics};
@@ -73,7 +74,7 @@ struct ApiTls {
 /// Serves until `shutdown` completes, then drains. `on_ready` runs once every listener is up
 /// (to write a ready file, publish the address in the lock file), and again after each reload
 /// that moves a listener. With `config_path`, SIGHUP and changes to that file reload the
-/// configuration (see [`reload`]).
+/// configuration (see `Reloader::reload`).
 ///
 /// # Errors
 /// When a listener cannot bind, the TLS configuration cannot be built, or `on_ready` fails.
@@ -88,7 +89,16 @@ pub async fn serve(
     // The keystore reports seals, audited events and audit failures to the key metrics, and
     // state changes to the webhooks.
     let notifier = Arc::new(Notifier::new(config.webhooks.clone(), metrics.registry()));
-    let observers: Vec<Arc<dyn KeyObserver>> = vec![metrics.clone(), notifier.clone()];
+    // Envelope routes get their data keys through a cache in front of the keystore, each route
+    // acting as its own principal under the key policies; the cache drops a key's data keys
+    // when the keystore records a change that revokes them.
+    let keys: crate::proxy::Keys = Arc::new(CachingKeys::new(
+        Arc::new(KeystoreKeys::new(Arc::clone(&keystore), "proxy")),
+        CacheLimits::default(),
+        Some(metrics.envelope().clone()),
+    ));
+    let observers: Vec<Arc<dyn KeyObserver>> =
+        vec![metrics.clone(), notifier.clone(), Arc::new(keys.invalidator())];
     keystore.set_observer(Arc::new(Observers(observers)));
     notifier.start();
     metrics.watch_certificates(&config.data_dir);
@@ -99,10 +109,7 @@ pub async fn serve(
         Arc::clone(&metrics),
     ));
     let sessions = SessionState::new().map_err(|e| ServeError(e.to_string()))?;
-    // Envelope routes get their data keys here, each route acting as its own principal under
-    // the key policies.
-    let keys: crate::proxy::Keys =
-        Arc::new(crate::envelope::KeystoreKeys::new(Arc::clone(&keystore), "proxy"));
+
     let (api_tls, ca_bundle) = api_tls(&config, &keystore, &sessions).await?;
     let (api_tls, api_tls_rx) = watch::channel(Arc::new(api_tls));
     let snapshot = Snapshot::build(
@@ -111,6 +118,7 @@ pub async fn serve(
         &config.data_dir,
         &sessions,
         metrics.proxy(),
+        metrics.envelope(),
         &keys,
     )
     .await
@@ -159,6 +167,7 @@ pub async fn serve(
         tokio::spawn(admin::admin_loop(listener, admin));
     }
     tokio::spawn(sweep_loop(Arc::clone(&keystore)));
+    tokio::spawn(purge_loop(Arc::clone(&keys)));
     let (stop_api, api_stopped) = watch::channel(false);
     tokio::spawn(api_loop(
         listener,
@@ -277,6 +286,7 @@ impl Reloader {
             &self.current.data_dir,
             &self.sessions,
             self.metrics.proxy(),
+            self.metrics.envelope(),
             &self.keys,
         )
         .await?;
@@ -288,6 +298,8 @@ impl Reloader {
         self.snapshots.send_replace(Arc::new(snapshot));
         self.api_tls.send_replace(Arc::new(api_tls));
         self.api.set_principals(Arc::clone(&config.principals));
+        // Routes' principals or keys may have changed: no data key outlives the reload.
+        self.keys.invalidate_all();
         listeners.start(&config.proxy, bound);
         for setting in fixed {
             tracing::warn!(target: "kagi::server", %setting, "this setting changed but takes effect only on restart");
@@ -431,6 +443,16 @@ async fn handshake(
     *certificate = tls.resolver.lookup(server_name.as_deref()).map(|e| e.name.clone());
     tls.resolver.prepare(keystore, server_name.as_deref()).await;
     start.into_stream(Arc::clone(&tls.config)).await
+}
+
+/// Drops expired data keys from the cache, so plaintext keys do not outlive their age in memory
+/// when no request comes to evict them.
+async fn purge_loop(keys: crate::proxy::Keys) {
+    let mut interval = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        interval.tick().await;
+        keys.purge_expired();
+    }
 }
 
 /// Runs the sweeper periodically: deletions, rotations and expiries that have come due.

@@ -299,6 +299,30 @@ fn the_backend_stores_only_ciphertext_and_clients_read_plaintext() {
         let got = send(proxy, "GET", "/objects/small", &[TENANT], vec![]).await;
         assert_eq!(got.status, 200);
     });
+    // Metrics: bodies and bytes per route and key, failures by reason, the data-key cache.
+    let metrics = crate::support::http_get(&server.ready.admin.to_string(), "/metrics");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let key_id = key_arn.rsplit('/').next().unwrap();
+    let encrypted = format!(
+        "kagi_envelope_bytes_total{{direction=\"encrypt\",key_id=\"{key_id}\",route=\"objects\"}}"
+    );
+    // small + large + "after rotation"; the refused ones never started.
+    assert_eq!(value(&encrypted), (small.len() + large.len() + b"after rotation".len()) as f64);
+    for reason in ["wrong_context", "missing_context", "key_disabled", "tampered"] {
+        let series =
+            format!("kagi_envelope_failures_total{{reason=\"{reason}\",route=\"objects\"}}");
+        assert!(value(&series) >= 1.0, "{series} not counted");
+    }
+    assert!(
+        value("kagi_envelope_data_key_cache_total{direction=\"decrypt\",result=\"hit\"}") >= 1.0,
+        "repeated reads of one object hit the cache"
+    );
+    assert!(value("kagi_envelope_data_key_cache_evictions_total{reason=\"revoked\"}") >= 1.0);
     // The trail names the route's principal for its data keys.
     let trail = std::fs::read_dir(server.data_dir().join("audit"))
         .unwrap()
