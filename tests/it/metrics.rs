@@ -274,7 +274,14 @@ fn check_dashboard(scrape: &str) {
         .filter_map(|line| line.split(' ').next())
         .map(str::to_owned)
         .collect();
-    for file in ["src/metrics/mod.rs", "src/metrics/keys.rs", "src/notify.rs"] {
+    for file in [
+        "src/metrics/mod.rs",
+        "src/metrics/keys.rs",
+        "src/metrics/proxy.rs",
+        "src/metrics/tls.rs",
+        "src/metrics/envelope.rs",
+        "src/notify.rs",
+    ] {
         let source = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
         exposed.extend(source.split('"').filter(|s| s.starts_with("kagi_")).map(str::to_owned));
     }
