@@ -579,7 +579,7 @@ where
         return demo::run(&args, demo);
     }
     if let Command::CheckConfig(check) = &args.command {
-        return check::run(check);
+        return check::run(&args, check);
     }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {

@@ -945,3 +945,46 @@ fn kagi_demo_serves_a_sample_backend_through_the_proxy() {
     let _ = std::fs::read_to_string(dir.path().join("demo/kagi.toml")).map(|t| out = t);
     assert!(out.contains("[[routes]]"), "the demo writes its configuration");
 }
+
+#[test]
+fn check_config_checks_certificates_and_envelope_keys_like_a_reload() {
+    let kagi = keystore();
+    let config = |certificate: &str, key: &str| {
+        format!(
+            "{head}[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\ncertificates = [\"{certificate}\"]\n\n\
+             [[upstreams]]\nname = \"app\"\ntargets = [\"127.0.0.1:9\"]\n\n\
+             [[routes]]\nname = \"app\"\nupstream = \"app\"\n[routes.envelope]\nkey = \"{key}\"\n",
+            head = head(&kagi),
+        )
+    };
+    let key = kagi.ok(&["--output", "json", "keys", "create"]).json()["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = kagi.path("check.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        kagi.run_with_env(&["check-config", arg(&path)], b"", &[])
+    };
+    let good = check(&config("web", &key));
+    assert_eq!(good.code, 0, "{}", good.stderr);
+    assert!(
+        good.stdout_text().contains("certificate and envelope keys checked"),
+        "{}",
+        good.stdout_text()
+    );
+    let missing_key = check(&config("web", "alias/nowhere"));
+    assert_eq!(missing_key.code, 6);
+    assert!(
+        missing_key.stderr.contains("route \"app\": key \"alias/nowhere\""),
+        "{}",
+        missing_key.stderr
+    );
+    let missing_cert = check(&config("nope", &key));
+    assert_eq!(missing_cert.code, 6);
+    assert!(
+        missing_cert.stderr.contains("listener \"public\": certificate \"nope\""),
+        "{}",
+        missing_cert.stderr
+    );
+}
