@@ -988,3 +988,54 @@ fn check_config_checks_certificates_and_envelope_keys_like_a_reload() {
         missing_cert.stderr
     );
 }
+
+#[test]
+fn upstreams_over_tls_are_verified_against_their_ca() {
+    let kagi = keystore();
+    let (_app, app) = backend(&kagi.path(""), "app");
+    let base = |extra: &str| {
+        format!(
+            "{head}[[listeners]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\ntls = false\n\n\
+             [[upstreams]]\nname = \"app\"\ntargets = [\"{app}\"]\n\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/app/\"\nupstream = \"app\"\n\n{extra}",
+            head = head(&kagi),
+        )
+    };
+    let serve = Serve::start(&kagi, &base(""));
+    // kagi's own KMS API listener is a TLS upstream with a CA of its own.
+    let ready: Value =
+        serde_json::from_str(&std::fs::read_to_string(&serve.ready_file).unwrap()).unwrap();
+    let api = ready["api"].as_str().unwrap().to_owned();
+    let ca = ready["ca_bundle"].as_str().unwrap().to_owned();
+    let upstreams = |protocol: &str, ca: &str| {
+        format!(
+            "[[upstreams]]\nname = \"kms\"\ntargets = [\"{api}\"]\ntls = true\nca = {ca:?}\n\
+             server_name = \"localhost\"\nprotocol = \"{protocol}\"\n\n\
+             [[routes]]\nname = \"kms\"\npath_prefix = \"/\"\nupstream = \"kms\"\nhost_header = \"upstream\"\n"
+        )
+    };
+    let address = serve.listener("plain");
+    let request = || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            )
+            .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.to_ascii_lowercase()
+    };
+    for protocol in ["http1", "http2"] {
+        assert!(serve.reload(&base(&upstreams(protocol, &ca))), "{}", serve.log());
+        // The KMS API answered (it wants a signature): TLS to it was verified and spoken.
+        let response = request();
+        assert!(response.contains("x-amzn-requestid"), "{protocol}: {response}");
+    }
+    // A CA that did not issue the upstream's certificate: 502, never an unverified connection.
+    let other_ca = kagi.data_dir().join("certs/test-ca.pem");
+    assert!(serve.reload(&base(&upstreams("http1", arg(&other_ca)))));
+    let response = request();
+    assert!(response.starts_with("http/1.1 502"), "{response}");
+    assert!(serve.log().contains("TLS"), "the log says why");
+}
