@@ -121,6 +121,11 @@ fn proxy_config(store: SocketAddr) -> String {
          [[routes]]\nname = \"records\"\npath_prefix = \"/objects/records/\"\nupstream = \"store\"\n\
          [routes.envelope]\nkey = \"alias/objects\"\njson_fields = [\"/card/number\", \"/patient/ssn\"]\n\
          [[routes.envelope.context]]\nkey = \"route\"\nfrom = \"route\"\n\n\
+         [[routes]]\nname = \"ranged\"\npath_prefix = \"/objects/ranged/\"\nupstream = \"store\"\n\
+         [routes.envelope]\nkey = \"alias/objects\"\nrange = \"decrypt\"\nframe_length = 1024\n\
+         principal = \"route-objects\"\n\n\
+         [[routes]]\nname = \"denied\"\npath_prefix = \"/objects/denied/\"\nupstream = \"store\"\n\
+         [routes.envelope]\nkey = \"alias/objects\"\n\n\
          [[routes]]\nname = \"objects\"\npath_prefix = \"/objects/\"\nupstream = \"store\"\n\
          max_body_bytes = 67108864\n\
          [routes.envelope]\nkey = \"alias/objects\"\nframe_length = 4096\n\
@@ -219,6 +224,24 @@ fn the_backend_stores_only_ciphertext_and_clients_read_plaintext() {
             got.body.as_ref().map_or(true, |b| b.len() < large.len()),
             "a tampered large object never arrives whole"
         );
+        // A route whose principal the key policy does not name: refused, nothing stored.
+        let denied = send(proxy, "PUT", "/objects/denied/x", &[], b"secret".to_vec()).await;
+        assert_eq!(denied.status, 403);
+        assert_eq!(denied.json()["error"], "access_denied");
+        assert_eq!(send(direct, "GET", "/objects/denied/x", &[], vec![]).await.status, 404);
+        // A route that serves ranges cuts them from the decrypted stream.
+        let body = plaintext(10_000);
+        let put = send(proxy, "PUT", "/objects/ranged/r", &[], body.clone()).await;
+        assert_eq!(put.status, 201);
+        for (range, from, to) in [("bytes=0-9", 0, 10), ("bytes=5000-6023", 5000, 6024), ("bytes=-10", 9990, 10_000), ("bytes=9000-", 9000, 10_000)] {
+            let got = send(proxy, "GET", "/objects/ranged/r", &[("range", range)], vec![]).await;
+            assert_eq!(got.status, 206, "{range}");
+            assert_eq!(got.bytes().as_ref(), &body[from..to], "{range}");
+            let expected = format!("bytes {from}-{}/10000", to - 1);
+            assert_eq!(got.headers["content-range"], expected.as_str());
+        }
+        let beyond = send(proxy, "GET", "/objects/ranged/r", &[("range", "bytes=20000-")], vec![]).await;
+        assert_eq!(beyond.status, 416);
         // JSON field mode: the named fields are encrypted, the rest stays readable.
         let record = json!({"name": "Ann", "card": {"number": "4111111111111111", "expiry": "12/29"},
                             "patient": {"ssn": "078-05-1120"}});

@@ -207,6 +207,24 @@ impl Serve {
         }
     }
 
+    /// Writes `config` and waits, without a signal, until the server has noticed the file
+    /// changed and tried it. Returns whether it took.
+    fn reload_by_file(&self, config: &str) -> bool {
+        let before = self.reloads();
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, config).expect("config");
+        std::fs::rename(&tmp, &self.config).expect("config");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let after = self.reloads();
+            if after.0 + after.1 > before.0 + before.1 {
+                return after.0 > before.0;
+            }
+            assert!(Instant::now() < deadline, "the file change was not noticed:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// (successes, failures).
     fn reloads(&self) -> (f64, f64) {
         (
@@ -762,6 +780,10 @@ fn reloads_apply_good_files_reject_bad_ones_and_keep_sessions() {
     let resumed =
         rt.block_on(send(&fresh, address, Some("localhost"), get("localhost", "/"))).unwrap();
     assert!(resumed.resumed, "the session ticket survived the reload");
+    // Saving the file is enough: no signal needed.
+    assert!(serve.reload_by_file(&config(first, "")));
+    assert_eq!(which(&rt).status, 200, "back on the first backend");
+    assert!(serve.reload_by_file(&good));
     // A setting that needs a restart is reported, not silently ignored.
     let moved =
         good.replace("[admin]\nlisten = \"127.0.0.1:0\"", "[admin]\nlisten = \"127.0.0.2:0\"");
