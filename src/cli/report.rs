@@ -1,5 +1,6 @@
 //! `kagi report`: the key inventory for people. Every key with its spec, usage, state, aliases,
-//! creation, last use, rotation, deletion date and imported material expiry; keys unused for
+//! creation, last use, rotation, deletion date, imported material expiry and the certificates
+//! whose key it is; keys unused for
 //! `--unused-days` flagged as candidates for removal; keys pending deletion that something tried
 //! to use during their waiting period flagged loudly. As a table, JSON (`--output json`), and a
 //! self-contained HTML page (`--html FILE`).
@@ -60,6 +61,8 @@ struct Row {
     material_expiry: Option<String>,
     /// Attempts to use the key (any outcome) since its deletion was scheduled.
     uses_while_pending_deletion: usize,
+    /// The certificates (in DATA_DIR/certs) whose key this is.
+    certificates: Vec<String>,
     /// `unused`, `pending-deletion-in-use`, `rotation-overdue`, `material-expiring`.
     flags: Vec<&'static str>,
 }
@@ -84,7 +87,20 @@ pub(super) async fn run(
         }
     };
     let now = keystore.now();
-    let rows = rows(&inventory, &records, now, args.unused_days);
+    let mut rows = rows(&inventory, &records, now, args.unused_days);
+    // The certificates each key signs handshakes for.
+    match crate::tls::CertStore::new(data_dir).list() {
+        Ok(certificates) => {
+            for row in &mut rows {
+                row.certificates = certificates
+                    .iter()
+                    .filter(|c| c.meta.key_id == row.key_id)
+                    .map(|c| c.meta.name.clone())
+                    .collect();
+            }
+        }
+        Err(error) => eprintln!("warning: cannot read the certificate store: {error}"),
+    }
     match output {
         Output::Json => {
             let ids = |flag: &str| -> Vec<&str> {
@@ -196,6 +212,7 @@ fn rows(
                 deletion_date: record.deletion_date.filter(|_| live).map(time),
                 material_expiry: material_expiry.map(time),
                 uses_while_pending_deletion,
+                certificates: Vec::new(),
                 flags,
             }
         })
@@ -207,12 +224,13 @@ fn table(rows: &[Row], unused_days: u32) -> String {
     let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
     let _ = writeln!(
         out,
-        "{:<36}  {:<17}  {:<19}  {:<15}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  FLAGS",
+        "{:<36}  {:<17}  {:<19}  {:<15}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  FLAGS",
         "KEY ID",
         "SPEC",
         "USAGE",
         "STATE",
         "ALIASES",
+        "CERTIFICATES",
         "CREATED",
         "LAST USED",
         "NEXT ROTATION",
@@ -222,14 +240,17 @@ fn table(rows: &[Row], unused_days: u32) -> String {
     for row in rows {
         let aliases = if row.aliases.is_empty() { "-".into() } else { row.aliases.join(",") };
         let flags = if row.flags.is_empty() { "-".into() } else { row.flags.join(",") };
+        let certificates =
+            if row.certificates.is_empty() { "-".into() } else { row.certificates.join(",") };
         let _ = writeln!(
             out,
-            "{:<36}  {:<17}  {:<19}  {:<15}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {flags}",
+            "{:<36}  {:<17}  {:<19}  {:<15}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {:<20}  {flags}",
             row.key_id,
             row.key_spec,
             row.key_usage,
             row.key_state,
             aliases,
+            certificates,
             row.created,
             dash(&row.last_used),
             dash(&row.next_rotation),
@@ -306,7 +327,7 @@ fn html(rows: &[Row], now: UnixSeconds, unused_days: u32) -> String {
         out,
         "<table>\n<thead><tr><th>Key</th><th>Aliases</th><th>Spec</th><th>Usage</th>\
          <th>State</th><th>Created</th><th>Last used</th><th>Rotation</th><th>Deletion</th>\
-         <th>Material expires</th><th>Flags</th></tr></thead>\n<tbody>"
+         <th>Material expires</th><th>Certificates</th><th>Flags</th></tr></thead>\n<tbody>"
     );
     for row in rows {
         let class = if row.flags.contains(&"pending-deletion-in-use") {
@@ -330,7 +351,7 @@ fn html(rows: &[Row], now: UnixSeconds, unused_days: u32) -> String {
             out,
             "<tr class=\"{class}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"state {}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{flags}</td></tr>",
+             <td>{}</td><td>{}</td><td>{flags}</td></tr>",
             escape(&row.key_id),
             escape(&row.aliases.join(", ")),
             row.key_spec,
@@ -342,6 +363,7 @@ fn html(rows: &[Row], now: UnixSeconds, unused_days: u32) -> String {
             escape(&rotation),
             cell(row.deletion_date.as_deref()),
             cell(row.material_expiry.as_deref()),
+            escape(&row.certificates.join(", ")),
         );
     }
     let _ = writeln!(out, "</tbody>\n</table>\n</body>\n</html>");

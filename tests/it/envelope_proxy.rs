@@ -330,6 +330,10 @@ fn the_backend_stores_only_ciphertext_and_clients_read_plaintext() {
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     };
+    // A scrape with every family in use (API, keys, TLS, proxy, envelope, cache) is clean.
+    crate::metrics::check_promtool(
+        metrics.split_once("\r\n\r\n").map_or(&*metrics, |(_, body)| body),
+    );
     let key_id = key_arn.rsplit('/').next().unwrap();
     let encrypted = format!(
         "kagi_envelope_bytes_total{{direction=\"encrypt\",key_id=\"{key_id}\",route=\"objects\"}}"

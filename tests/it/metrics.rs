@@ -222,7 +222,7 @@ fn throttled_requests_are_counted() {
 
 /// Runs `promtool check metrics` on a scrape when promtool is installed; in CI (`CI=true`) it
 /// must be.
-fn check_promtool(scrape: &str) {
+pub(crate) fn check_promtool(scrape: &str) {
     let Some(promtool) = promtool() else { return };
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])

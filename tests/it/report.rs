@@ -107,3 +107,19 @@ fn the_table_and_the_html_page_say_the_same() {
         assert!(!page.contains(external), "{external} in {page}");
     }
 }
+
+#[test]
+fn the_report_names_the_certificates_each_key_signs_for() {
+    let kagi = Kagi::new();
+    kagi.ok(&["certs", "ca", "create", "--name", "internal"]);
+    kagi.ok(&["certs", "issue", "--name", "web", "--dns", "www.example.com", "--ca", "internal"]);
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(kagi.data_dir().join("certs/web.json")).unwrap(),
+    )
+    .unwrap();
+    let report = kagi.ok(&["--output", "json", "report"]).json();
+    let web_key = meta["key_id"].as_str().unwrap();
+    assert_eq!(key(&report, web_key)["Certificates"], serde_json::json!(["web"]));
+    let table = kagi.ok(&["report"]).stdout_text();
+    assert!(table.contains("CERTIFICATES") && table.contains(" web "), "{table}");
+}
