@@ -419,8 +419,8 @@ print(f"`bench/envelope_vs_passthrough.sh {seconds} {rounds} {conns}` on {os.cpu
       f"wrk on {conns} keep-alive connections, {uploads} uploads and {gets} GETs per round. "
       f"(3) is one upload per route, each in a fresh kagi process.")
 print()
-print("| metric | enc | plain | enc/plain | goal |")
-print("|---|---:|---:|---:|---|")
+print("| metric | enc | plain | enc/plain | rounds' enc/plain | goal |")
+print("|---|---:|---:|---:|---:|---|")
 def verdict(goal, value):
     if goal is None:
         return ""
@@ -433,11 +433,15 @@ def verdict(goal, value):
 for label, kind, key, fmt, goal in rows:
     e, p = med(kind, "enc", key), med(kind, "plain", key)
     ratio = e / p if p else float("nan")
-    print(f"| {label} | {fmt.format(e)} | {fmt.format(p)} | {ratio:.2f} | {verdict(goal, ratio)} |")
+    # Each round measured enc and plain back to back: the spread of their ratios.
+    pairs = sorted(float(a[key]) / float(b[key])
+                   for a, b in zip(runs[(kind, "enc")], runs[(kind, "plain")]) if float(b[key]))
+    spread = f"{pairs[0]:.2f}–{pairs[-1]:.2f}" if pairs else ""
+    print(f"| {label} | {fmt.format(e)} | {fmt.format(p)} | {ratio:.2f} | {spread} | {verdict(goal, ratio)} |")
 for label, key, goal in mem_rows:
     e, p = med("mem", "enc", key), med("mem", "plain", key)
     ratio = e / p if p else float("nan")
-    print(f"| {label} | {e:.1f} | {p:.1f} | {ratio:.2f} | {verdict(goal, e)} |")
+    print(f"| {label} | {e:.1f} | {p:.1f} | {ratio:.2f} | (one run) | {verdict(goal, e)} |")
 errors = [l for l in lines if re.search(r"errors=([1-9]\d*)", l)]
 print()
 print("Errors: " + ("; ".join(errors) if errors else
