@@ -3,8 +3,7 @@
 # certificate signed by a P-256 CA (the same chain length on both), X25519, the same upstream (one
 # `kagi sample-backend` on loopback) over pooled HTTP/1.1 keep-alive connections (nginx:
 # `proxy_http_version 1.1`, `keepalive 64`), X-Forwarded-For/Proto/Host set by both, no access log
-# (nginx: `access_log off`; kagi cannot turn its log off: `access_log = "/dev/null"`, so it still
-# formats every line), request bodies streamed (nginx: `proxy_request_buffering off`,
+# (nginx: `access_log off`; kagi: `access_log = "off"`), request bodies streamed (nginx: `proxy_request_buffering off`,
 # `client_body_buffer_size 1m`), no per-connection request limit (nginx: `keepalive_requests`),
 # 2 nginx worker processes and kagi's default multi-thread tokio runtime (a worker per core: 2).
 # kagi's key is in its keystore (`kagi certs ca create` + `kagi certs issue`); nginx reads an
@@ -97,7 +96,7 @@ data_dir = "$data"
 [api]
 listen = "127.0.0.1:0"
 [proxy]
-access_log = "/dev/null"
+access_log = "off"
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:0"

@@ -4,7 +4,10 @@
 //! Labels are bounded by the keystore's contents: `key_id` names only keys the keystore holds
 //! (the API labels a request with its key only once the key was resolved), `material_version`
 //! only their versions, `operation` the KMS operation names, `outcome` the AWS error names.
-//! Aliases and anything else a client types are never labels.
+//! Aliases are not labels of the per-operation families (a request may name a key by an alias
+//! it does not have): `kagi_key_alias_info{key_id, alias}` lists each key's aliases as the
+//! keystore holds them (created by key administrators, so bounded like key ids), and a query
+//! joins on `key_id` to count by alias. Nothing else a client types is a label.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +29,7 @@ pub struct KeyMetrics {
     encrypted_bytes: IntCounterVec,
     encrypted_messages: IntCounterVec,
     keys: IntGaugeVec,
+    aliases: IntGaugeVec,
     since_last_use: GaugeVec,
     until_rotation: GaugeVec,
     until_deletion: GaugeVec,
@@ -79,6 +83,16 @@ impl KeyMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(keys.clone())).expect("registered once");
+        let aliases = IntGaugeVec::new(
+            Opts::new(
+                "kagi_key_alias_info",
+                "1 for each alias of each key (refreshed from the keystore on each scrape): join \
+                 it on key_id to see any key family by alias.",
+            ),
+            &["key_id", "alias"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(aliases.clone())).expect("registered once");
         let limit = IntGauge::new(
             "kagi_aes_gcm_invocation_limit",
             "Invocations of one AES-256-GCM key with random nonces NIST SP 800-38D allows (2^32); \
@@ -92,6 +106,7 @@ impl KeyMetrics {
             encrypted_bytes,
             encrypted_messages,
             keys,
+            aliases,
             since_last_use: gauge(
                 "kagi_key_seconds_since_last_use",
                 "Seconds since the key was last used for cryptography (since the server started; \
@@ -124,6 +139,7 @@ impl KeyMetrics {
     /// longer present go.
     pub fn refresh(&self, inventory: &[InventoryKey], now: UnixSeconds) {
         self.keys.reset();
+        self.aliases.reset();
         self.since_last_use.reset();
         self.until_rotation.reset();
         self.until_deletion.reset();
@@ -132,6 +148,9 @@ impl KeyMetrics {
         for key in inventory {
             let record = &key.record;
             self.keys.with_label_values(&[record.state.kms_name(), record.spec.kms_name()]).inc();
+            for alias in &key.aliases {
+                self.aliases.with_label_values(&[&record.id, alias]).set(1);
+            }
             if record.state == KeyState::Deleted {
                 continue;
             }

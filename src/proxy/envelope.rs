@@ -40,7 +40,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame};
 
 use super::{BoxError, ProxyBody};
 use crate::config::{ContextSource, EnvelopeConfig, RouteConfig};
@@ -221,13 +221,7 @@ pub(super) async fn encrypt_body(
             .map(|header| ciphertext_len(header, plaintext, u64::from(envelope.frame_length))),
         _ => None,
     };
-    let body = EncryptingBody {
-        inner: body,
-        encryptor: Some(encryptor),
-        usage,
-        bytes: 0,
-        on_end: Some(on_end),
-    };
+    let body = Transformed::new(body, Encrypting { encryptor, usage }, true, on_end);
     Ok((UnsyncBoxBody::new(body), length))
 }
 
@@ -425,13 +419,8 @@ pub(super) async fn open_response(
                 if plaintext.len() as u64 > WHOLE_RESPONSE * 2 && length.is_none() {
                     // An unannounced large body: stream the rest instead.
                     let first = Bytes::from(std::mem::take(&mut plaintext));
-                    let stream = DecryptingBody {
-                        inner: body,
-                        decryptor: Some(decryptor),
-                        first: Some(first),
-                        bytes: 0,
-                        on_end: Some(on_end),
-                    };
+                    let mut stream = Transformed::new(body, decryptor, false, on_end);
+                    stream.first = Some(first);
                     return Ok(Opened::Streaming(UnsyncBoxBody::new(stream), None));
                 }
             }
@@ -441,91 +430,81 @@ pub(super) async fn open_response(
         return Ok(Opened::Whole(Bytes::from(plaintext)));
     }
     let first = (!plaintext.is_empty()).then(|| Bytes::from(plaintext));
-    let stream = DecryptingBody {
-        inner: body,
-        decryptor: Some(decryptor),
-        first,
-        bytes: 0,
-        on_end: Some(on_end),
-    };
+    let mut stream = Transformed::new(body, decryptor, false, on_end);
+    stream.first = first;
     Ok(Opened::Streaming(UnsyncBoxBody::new(stream), computed))
 }
 
-/// A request body encrypted frame by frame; its plaintext bytes count against its data key.
-struct EncryptingBody {
-    inner: ProxyBody,
-    encryptor: Option<envelope::Encryptor>,
+/// One direction of the envelope as a body transform: bytes in, bytes out, then an end.
+trait Transform: Send + Unpin + 'static {
+    /// Takes `input`, appending what it completes to `out`.
+    fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error>;
+    /// Ends the input, appending what remains to `out`.
+    fn finish(self, out: &mut Vec<u8>) -> Result<(), envelope::Error>;
+}
+
+/// Encrypting: the plaintext bytes also count against the data key (cache limits).
+struct Encrypting {
+    encryptor: envelope::Encryptor,
     usage: envelope::DataKeyUsage,
+}
+
+impl Transform for Encrypting {
+    fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error> {
+        self.usage.record_bytes(input.len() as u64);
+        self.encryptor.update(input, out)
+    }
+
+    fn finish(self, out: &mut Vec<u8>) -> Result<(), envelope::Error> {
+        self.encryptor.finish(out)
+    }
+}
+
+impl Transform for Decryptor {
+    fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error> {
+        Self::update(self, input, out)
+    }
+
+    fn finish(self, _: &mut Vec<u8>) -> Result<(), envelope::Error> {
+        Self::finish(self)
+    }
+}
+
+/// A body passed through a [`Transform`] frame by frame. A failure ends it with an error
+/// (which aborts a response, and fails a request before the upstream sees its end); the end
+/// reports the plaintext bytes (`plaintext_in`: counted on the input side, else the output).
+struct Transformed<T: Transform> {
+    inner: ProxyBody,
+    transform: Option<T>,
+    /// Output produced before streaming started (the start of a decrypted response).
+    first: Option<Bytes>,
+    plaintext_in: bool,
     bytes: u64,
     on_end: Option<OnEnd>,
 }
 
-impl Body for EncryptingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            if self.encryptor.is_none() {
-                return Poll::Ready(None);
-            }
-            let mut out = Vec::new();
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(error))) => {
-                    self.encryptor = None;
-                    return Poll::Ready(Some(Err(error)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers of the plaintext are not forwarded.
-                    let Ok(data) = frame.into_data() else { continue };
-                    self.usage.record_bytes(data.len() as u64);
-                    self.bytes += data.len() as u64;
-                    let Some(encryptor) = self.encryptor.as_mut() else { continue };
-                    if let Err(error) = encryptor.update(&data, &mut out) {
-                        self.encryptor = None;
-                        return Poll::Ready(Some(Err(Box::new(error))));
-                    }
-                }
-                Poll::Ready(None) => {
-                    let Some(encryptor) = self.encryptor.take() else { continue };
-                    if let Err(error) = encryptor.finish(&mut out) {
-                        return Poll::Ready(Some(Err(Box::new(error))));
-                    }
-                    if let Some(on_end) = self.on_end.take() {
-                        on_end(self.bytes);
-                    }
-                }
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-            }
+impl<T: Transform> Transformed<T> {
+    fn new(inner: ProxyBody, transform: T, plaintext_in: bool, on_end: OnEnd) -> Self {
+        Self {
+            inner,
+            transform: Some(transform),
+            first: None,
+            plaintext_in,
+            bytes: 0,
+            on_end: Some(on_end),
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.encryptor.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+    fn failed(&mut self, error: envelope::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.transform = None;
+        if !self.plaintext_in {
+            tracing::warn!(target: "kagi::proxy", %error, "an encrypted response failed mid-way; the response is aborted");
+        }
+        Poll::Ready(Some(Err(Box::new(error))))
     }
 }
 
-/// A response body decrypted frame by frame; a failure ends it with an error, which aborts
-/// the response.
-struct DecryptingBody {
-    inner: ProxyBody,
-    decryptor: Option<Decryptor>,
-    first: Option<Bytes>,
-    bytes: u64,
-    on_end: Option<OnEnd>,
-}
-
-impl Body for DecryptingBody {
+impl<T: Transform> Body for Transformed<T> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -538,46 +517,55 @@ impl Body for DecryptingBody {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
         loop {
-            if self.decryptor.is_none() {
+            if self.transform.is_none() {
                 return Poll::Ready(None);
             }
             let mut out = Vec::new();
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(error))) => {
-                    self.decryptor = None;
+                    self.transform = None;
                     return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not forwarded: they would describe the other side's bytes.
                     let Ok(data) = frame.into_data() else { continue };
-                    let Some(decryptor) = self.decryptor.as_mut() else { continue };
-                    if let Err(error) = decryptor.update(&data, &mut out) {
-                        self.decryptor = None;
-                        tracing::warn!(target: "kagi::proxy", %error, "an encrypted response failed mid-way; the response is aborted");
-                        return Poll::Ready(Some(Err(Box::new(error))));
+                    if self.plaintext_in {
+                        self.bytes += data.len() as u64;
+                    }
+                    let Some(transform) = self.transform.as_mut() else { continue };
+                    if let Err(error) = transform.update(&data, &mut out) {
+                        return self.failed(error);
                     }
                 }
                 Poll::Ready(None) => {
-                    let Some(decryptor) = self.decryptor.take() else { continue };
-                    if let Err(error) = decryptor.finish() {
-                        tracing::warn!(target: "kagi::proxy", %error, "an encrypted response ended early; the response is aborted");
-                        return Poll::Ready(Some(Err(Box::new(error))));
+                    let Some(transform) = self.transform.take() else { continue };
+                    if let Err(error) = transform.finish(&mut out) {
+                        return self.failed(error);
+                    }
+                    if !self.plaintext_in {
+                        self.bytes += out.len() as u64;
                     }
                     if let Some(on_end) = self.on_end.take() {
                         on_end(self.bytes);
                     }
-                    return Poll::Ready(None);
+                    if out.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                 }
             }
             if !out.is_empty() {
-                self.bytes += out.len() as u64;
+                if !self.plaintext_in {
+                    self.bytes += out.len() as u64;
+                }
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.decryptor.is_none()
+        self.first.is_none() && self.transform.is_none()
     }
 }
 

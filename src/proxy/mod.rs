@@ -312,19 +312,7 @@ pub async fn handle(
                 decrypting = plan;
             }
             Err((refusal, reason)) => {
-                if let Some(reason) = reason {
-                    snapshot.envelope_metrics.failure(&route.name, reason);
-                }
-                entry.error = Some(refusal.message.clone());
-                return finish_error(
-                    snapshot,
-                    entry,
-                    &method,
-                    started,
-                    refusal.status,
-                    refusal.kind,
-                    refusal.message,
-                );
+                return refuse_envelope(snapshot, &route, entry, &method, started, refusal, reason);
             }
         }
     }
@@ -409,21 +397,14 @@ pub async fn handle(
         match open_envelope(snapshot, &route, plan, response).await {
             Ok(decrypted) => response = decrypted,
             Err((refusal, reason)) => {
-                let label = reason.map_or("-", FailureReason::label);
-                if let Some(reason) = reason {
-                    snapshot.envelope_metrics.failure(&route.name, reason);
-                }
-                tracing::warn!(target: "kagi::proxy", route = %route.name, client = %connection.peer, reason = %label, "an encrypted response was not released");
-                entry.error = Some(format!("{label}: {}", refusal.message));
-                return finish_error(
-                    snapshot,
-                    entry,
-                    &method,
-                    started,
-                    refusal.status,
-                    refusal.kind,
-                    refusal.message,
+                tracing::warn!(
+                    target: "kagi::proxy",
+                    route = %route.name,
+                    client = %connection.peer,
+                    reason = reason.map_or("-", FailureReason::label),
+                    "an encrypted response was not released"
                 );
+                return refuse_envelope(snapshot, &route, entry, &method, started, refusal, reason);
             }
         }
     }
@@ -628,6 +609,24 @@ async fn open_envelope(
         body = full_body(Bytes::new());
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// An envelope refusal: counted by reason, logged in the access log, answered as JSON.
+fn refuse_envelope(
+    snapshot: &Snapshot,
+    route: &RouteConfig,
+    mut entry: Entry,
+    method: &Method,
+    started: Instant,
+    refusal: envelope::Refusal,
+    reason: Option<FailureReason>,
+) -> Response<ProxyBody> {
+    if let Some(reason) = reason {
+        snapshot.envelope_metrics.failure(&route.name, reason);
+    }
+    let label = reason.map_or("-", FailureReason::label);
+    entry.error = Some(format!("{label}: {}", refusal.message));
+    finish_error(snapshot, entry, method, started, refusal.status, refusal.kind, refusal.message)
 }
 
 /// Sets Content-Length, or removes it when the length is not known (chunked).

@@ -338,6 +338,9 @@ fn the_backend_stores_only_ciphertext_and_clients_read_plaintext() {
     let encrypted = format!(
         "kagi_envelope_bytes_total{{direction=\"encrypt\",key_id=\"{key_id}\",route=\"objects\"}}"
     );
+    // Aliases join the key families through an info series.
+    let alias = format!("kagi_key_alias_info{{alias=\"alias/objects\",key_id=\"{key_id}\"}}");
+    assert_eq!(value(&alias), 1.0, "{alias}");
     // small + large + "after rotation"; the refused ones never started.
     assert_eq!(value(&encrypted), (small.len() + large.len() + b"after rotation".len()) as f64);
     for reason in ["wrong_context", "missing_context", "key_disabled", "tampered"] {
