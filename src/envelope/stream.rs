@@ -169,11 +169,14 @@ impl PreparedEncryption {
         let mut header_bytes = header.encode_body()?;
         let tag = keys.header_tag(&header_bytes)?;
         header_bytes.extend_from_slice(&tag);
+        let frame_length = header.frame_length as usize;
         Ok(Encryptor {
             keys,
             header,
             unsent_header: Some(header_bytes),
-            pending: Zeroizing::new(Vec::new()),
+            // Room for a whole frame from the start: the buffer never grows, so no copy of
+            // plaintext is left behind in a freed allocation; it is wiped once, on drop.
+            pending: Zeroizing::new(Vec::with_capacity(frame_length)),
             sequence: 1,
             signer: signer.map(|key| (key, digest::Context::new(&digest::SHA384))),
         })
@@ -271,7 +274,7 @@ impl Encryptor {
             let pending = std::mem::take(&mut self.pending);
             let sealed = self.seal_frame(false, &pending, out);
             self.pending = pending;
-            self.pending.zeroize();
+            // The next frame overwrites it; `Zeroizing` wipes it on drop.
             self.pending.clear();
             sealed?;
         }

@@ -441,6 +441,11 @@ trait Transform: Send + Unpin + 'static {
     fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error>;
     /// Ends the input, appending what remains to `out`.
     fn finish(self, out: &mut Vec<u8>) -> Result<(), envelope::Error>;
+    /// Whether the message is complete without more input (a decrypted message's final frame
+    /// and footer were read).
+    fn is_done(&self) -> bool {
+        false
+    }
 }
 
 /// Encrypting: the plaintext bytes also count against the data key (cache limits).
@@ -467,6 +472,10 @@ impl Transform for Decryptor {
 
     fn finish(self, _: &mut Vec<u8>) -> Result<(), envelope::Error> {
         Self::finish(self)
+    }
+
+    fn is_done(&self) -> bool {
+        Self::is_done(self)
     }
 }
 
@@ -501,6 +510,18 @@ impl<T: Transform> Transformed<T> {
             tracing::warn!(target: "kagi::proxy", %error, "an encrypted response failed mid-way; the response is aborted");
         }
         Poll::Ready(Some(Err(Box::new(error))))
+    }
+}
+
+impl<T: Transform> Drop for Transformed<T> {
+    fn drop(&mut self) {
+        // hyper stops polling a response once it has sent its Content-Length, so a complete
+        // message may never see its end polled: count it when its last frame was read.
+        if self.transform.as_ref().is_some_and(T::is_done)
+            && let Some(on_end) = self.on_end.take()
+        {
+            on_end(self.bytes);
+        }
     }
 }
 

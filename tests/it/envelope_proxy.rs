@@ -338,6 +338,11 @@ fn the_backend_stores_only_ciphertext_and_clients_read_plaintext() {
     let encrypted = format!(
         "kagi_envelope_bytes_total{{direction=\"encrypt\",key_id=\"{key_id}\",route=\"objects\"}}"
     );
+    // The streamed (large) GET counts too, though hyper stops polling it after its length.
+    let decrypted = format!(
+        "kagi_envelope_bytes_total{{direction=\"decrypt\",key_id=\"{key_id}\",route=\"objects\"}}"
+    );
+    assert!(value(&decrypted) >= large.len() as f64, "{decrypted} = {}", value(&decrypted));
     // Aliases join the key families through an info series.
     let alias = format!("kagi_key_alias_info{{alias=\"alias/objects\",key_id=\"{key_id}\"}}");
     assert_eq!(value(&alias), 1.0, "{alias}");
