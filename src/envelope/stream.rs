@@ -173,6 +173,7 @@ impl PreparedEncryption {
         Ok(Encryptor {
             keys,
             header,
+            header_len: header_bytes.len(),
             unsent_header: Some(header_bytes),
             // Room for a whole frame from the start: the buffer never grows, so no copy of
             // plaintext is left behind in a freed allocation; it is wiped once, on drop.
@@ -196,6 +197,8 @@ pub struct Encryptor {
     header: Header,
     /// The header bytes, until the first call emits them.
     unsent_header: Option<Vec<u8>>,
+    /// Their length, its tag included.
+    header_len: usize,
     /// Plaintext of the next frame (fewer than or exactly `frame_length` bytes).
     pending: Zeroizing<Vec<u8>>,
     /// Sequence number of the next frame.
@@ -235,6 +238,11 @@ impl Encryptor {
     /// The message's header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The header's length in the message, its tag included.
+    pub fn header_len(&self) -> usize {
+        self.header_len
     }
 
     /// How many plaintext bytes are held, waiting for their frame (at most one frame).
@@ -372,6 +380,8 @@ pub struct DataKeyRequest<'a> {
     pub context: &'a EncryptionContext,
     /// The key the blob must be under.
     pub key_arn: &'a str,
+    /// The header's length in the message, its tag included.
+    pub header_len: usize,
 }
 
 /// Where a [`Decryptor`] is in the message.
@@ -452,6 +462,7 @@ impl Decryptor {
                 blob: &parsed.header.data_keys.get(*data_key)?.ciphertext,
                 context: &parsed.header.context,
                 key_arn: &self.expected.key_arn,
+                header_len: parsed.total_len(),
             }),
             _ => None,
         }

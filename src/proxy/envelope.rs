@@ -213,12 +213,11 @@ pub(super) async fn encrypt_body(
         .map_err(|e| refuse(e.into()))?;
     let encryptor = prepared.start(data_key).map_err(refuse)?;
     let length = match (declared, envelope.suite) {
-        (Some(plaintext), Suite::Aes256GcmHkdfSha512CommitKey) => encryptor
-            .header()
-            .encode_body()
-            .ok()
-            .map(|body| body.len() as u64 + envelope::format::TAG_LEN as u64)
-            .map(|header| ciphertext_len(header, plaintext, u64::from(envelope.frame_length))),
+        (Some(plaintext), Suite::Aes256GcmHkdfSha512CommitKey) => Some(ciphertext_len(
+            encryptor.header_len() as u64,
+            plaintext,
+            u64::from(envelope.frame_length),
+        )),
         _ => None,
     };
     let body = Transformed::new(body, Encrypting { encryptor, usage }, true, on_end);
@@ -348,33 +347,31 @@ pub(super) async fn open_response(
 ) -> Result<Opened, (Refusal, Option<FailureReason>)> {
     let mut decryptor = Decryptor::new(expected);
     let mut plaintext = Vec::new();
-    let mut prefix: Vec<u8> = Vec::new();
-    let mut header_len = None;
+    let mut started = false;
     let fault =
         |error: envelope::Error| (Refusal::decrypting(&error), Some(FailureReason::of(&error)));
+    let broke_off = |_| {
+        let refusal = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the upstream's response broke off",
+        );
+        (refusal, Some(FailureReason::Upstream))
+    };
     // Up to the data key request: the header.
     while decryptor.data_key_request().is_none() {
         let Some(frame) = body.frame().await else {
-            if prefix.is_empty() && envelope.allow_plaintext_responses {
+            if !started && envelope.allow_plaintext_responses {
                 return Ok(Opened::Whole(Bytes::new()));
             }
             return Err(fault(envelope::Error::Truncated));
         };
-        let frame = frame.map_err(|_| {
-            (
-                Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the upstream's response broke off",
-                ),
-                Some(FailureReason::Upstream),
-            )
-        })?;
+        let frame = frame.map_err(broke_off)?;
         let Some(data) = frame.data_ref() else { continue };
         if data.is_empty() {
             continue;
         }
-        if prefix.is_empty() && data[0] != 0x02 {
+        if !started && data[0] != 0x02 {
             // Not a version 2 message at all.
             if envelope.allow_plaintext_responses {
                 let rest = ChainBody { first: Some(data.clone()), rest: body };
@@ -382,15 +379,10 @@ pub(super) async fn open_response(
             }
             return Err(fault(envelope::Error::Unsupported("not an encrypted message".into())));
         }
-        if header_len.is_none() {
-            prefix.extend_from_slice(data);
-            if let Ok(Some(parsed)) = envelope::format::parse_header(&prefix) {
-                header_len = Some(parsed.total_len() as u64);
-                prefix.truncate(1);
-            }
-        }
+        started = true;
         decryptor.update(data, &mut plaintext).map_err(fault)?;
     }
+    let header_len = decryptor.data_key_request().map(|request| request.header_len as u64);
     decryptor.fetch_data_key(keys, &envelope.principal, &mut plaintext).await.map_err(fault)?;
     let header = decryptor.header().cloned();
     let computed = match (header.as_ref(), header_len, length) {
@@ -404,16 +396,7 @@ pub(super) async fn open_response(
     if length.is_none_or(|length| length <= WHOLE_RESPONSE) {
         // Small (or of unknown length, bounded here): all of it, verified, before any is sent.
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                (
-                    Refusal::new(
-                        StatusCode::BAD_GATEWAY,
-                        "bad_gateway",
-                        "the upstream's response broke off",
-                    ),
-                    Some(FailureReason::Upstream),
-                )
-            })?;
+            let frame = frame.map_err(broke_off)?;
             if let Some(data) = frame.data_ref() {
                 decryptor.update(data, &mut plaintext).map_err(fault)?;
                 if plaintext.len() as u64 > WHOLE_RESPONSE * 2 && length.is_none() {
@@ -699,7 +682,7 @@ mod tests {
                 key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
             };
             let mut encryptor = prepared.start(data_key).unwrap();
-            let header = encryptor.header().encode_body().unwrap().len() as u64 + 16;
+            let header = encryptor.header_len() as u64;
             let mut out = Vec::new();
             encryptor.update(&vec![0u8; plaintext as usize], &mut out).unwrap();
             encryptor.finish(&mut out).unwrap();

@@ -93,7 +93,8 @@ impl Snapshot {
         keys: &Keys,
     ) -> Result<Self, String> {
         let store = CertStore::new(data_dir);
-        let mut loaded: HashMap<String, Arc<crate::tls::CertEntry>> = HashMap::new();
+        // Each certificate read and checked once, however many listeners serve it.
+        let mut loaded: HashMap<String, (Arc<crate::tls::CertEntry>, Vec<String>)> = HashMap::new();
         let mut listeners = HashMap::new();
         for listener in &config.listeners {
             let (tls, resolver) = match &listener.tls {
@@ -101,17 +102,16 @@ impl Snapshot {
                 Some(tls) => {
                     let mut resolver = SniResolver::new();
                     for (index, name) in tls.certificates.iter().enumerate() {
-                        let entry = match loaded.get(name) {
-                            Some(entry) => Arc::clone(entry),
+                        let (entry, names) = match loaded.get(name) {
+                            Some(loaded) => loaded.clone(),
                             None => {
-                                let entry = load_certificate(keystore, &store, name)
+                                let certificate = load_certificate(keystore, &store, name)
                                     .await
                                     .map_err(|e| format!("listener {:?}: {e}", listener.name))?;
-                                loaded.insert(name.clone(), Arc::clone(&entry));
-                                entry
+                                loaded.insert(name.clone(), certificate.clone());
+                                certificate
                             }
                         };
-                        let names = store.load(name).map(|s| s.meta.dns_names).unwrap_or_default();
                         resolver.add(&entry, &names);
                         if index == 0 {
                             resolver.set_default(entry);
@@ -199,14 +199,15 @@ impl Snapshot {
     }
 }
 
-/// Loads a certificate of the store with its keystore-backed key.
+/// Loads a certificate of the store with its keystore-backed key, and the names it covers.
 async fn load_certificate(
     keystore: &Arc<Keystore>,
     store: &CertStore,
     name: &str,
-) -> Result<Arc<crate::tls::CertEntry>, TlsError> {
+) -> Result<(Arc<crate::tls::CertEntry>, Vec<String>), TlsError> {
     let stored = store.load(name)?;
-    Ok(Arc::new(crate::tls::load_entry(keystore, stored).await?))
+    let names = stored.meta.dns_names.clone();
+    Ok((Arc::new(crate::tls::load_entry(keystore, stored).await?), names))
 }
 
 /// What the proxy knows of the connection a request came on.
