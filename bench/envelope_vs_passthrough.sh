@@ -40,40 +40,9 @@ rounds=${2:-3}
 connections=${3:-32}
 uploads=3
 gets=5
-target_dir=${CARGO_TARGET_DIR:-target}
-kagi=$target_dir/release/kagi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "missing ${need[*]}: run as root, or apt-get install -y ${need[*]}" >&2
-        exit 1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release --quiet --bin kagi
-ulimit -n 65536 2>/dev/null || true
-
-wait_for() { # FILE PID: until FILE is non-empty, or PID died
-    local tries=0
-    until [ -s "$1" ]; do
-        kill -0 "$2" 2>/dev/null || { echo "process $2 exited before writing $1" >&2; exit 1; }
-        tries=$((tries + 1))
-        [ $tries -lt 600 ] || { echo "timed out waiting for $1" >&2; exit 1; }
-        sleep 0.1
-    done
-}
+. bench/lib.sh
+install_missing wrk:wrk curl:curl
+build_kagi
 stop() { # PID: kill it, wait for it to exit, forget it (so cleanup never kills a reused PID)
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true

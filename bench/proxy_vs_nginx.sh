@@ -40,41 +40,9 @@ rounds=${2:-3}
 connections=${3:-32}
 hs_clients=${4:-8}
 uploads=5
-target_dir=${CARGO_TARGET_DIR:-target}
-kagi=$target_dir/release/kagi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "missing ${need[*]}: run as root, or apt-get install -y ${need[*]}" >&2
-        exit 1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release --quiet --bin kagi
-ulimit -n 65536 2>/dev/null || true
-
-wait_for() { # FILE PID: until FILE is non-empty, or PID died
-    local tries=0
-    until [ -s "$1" ]; do
-        kill -0 "$2" 2>/dev/null || { echo "process $2 exited before writing $1" >&2; exit 1; }
-        tries=$((tries + 1))
-        [ $tries -lt 600 ] || { echo "timed out waiting for $1" >&2; exit 1; }
-        sleep 0.1
-    done
-}
+. bench/lib.sh
+install_missing nginx:nginx wrk:wrk h2load:nghttp2-client
+build_kagi
 
 # --- the upstream: one sample backend, shared ---------------------------------------------
 "$kagi" sample-backend --listen 127.0.0.1:0 --ready-file "$work/backend.addr" 2>"$work/backend.log" &
