@@ -225,6 +225,10 @@ impl From<super::store::StoreError> for Error {
                 Self::new(ErrorKind::AlreadyExists, format!("{what} already exists"))
             }
             StoreError::NotFound(what) => Self::not_found(what),
+            StoreError::Unavailable(why) => Self::new(
+                ErrorKind::DependencyTimeout,
+                format!("the key store is unavailable: {why}"),
+            ),
             other => Self::internal(format!("storage failed: {other}")),
         }
     }

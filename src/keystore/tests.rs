@@ -2880,6 +2880,24 @@ impl Store for PausingStore {
     fn import_token(&self, token_id: &str) -> StoreFuture<'_, Option<ImportTokenRecord>> {
         self.inner.import_token(token_id)
     }
+    fn snapshot(&self) -> StoreFuture<'_, store::StoreSnapshot> {
+        self.inner.snapshot()
+    }
+    fn restore(&self, snapshot: store::StoreSnapshot) -> StoreFuture<'_, ()> {
+        self.inner.restore(snapshot)
+    }
+    fn changes(&self, cursor: Option<i64>) -> StoreFuture<'_, store::Changes> {
+        self.inner.changes(cursor)
+    }
+    fn try_lease(&self, name: &str, holder: &str, ttl_seconds: i64) -> StoreFuture<'_, bool> {
+        self.inner.try_lease(name, holder, ttl_seconds)
+    }
+    fn meta(&self, name: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
+        self.inner.meta(name)
+    }
+    fn init_meta(&self, name: &str, value: Vec<u8>) -> StoreFuture<'_, Vec<u8>> {
+        self.inner.init_meta(name, value)
+    }
 }
 
 fn pausing_keystore(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Keystore>, Arc<PausingStore>) {

@@ -1,4 +1,5 @@
-//! Persistence behind the [`Store`] trait: SQLite embedded (the default); PostgreSQL later.
+//! Persistence behind the [`Store`] trait: SQLite embedded (the default), PostgreSQL shared by
+//! several nodes.
 //!
 //! The store keeps records; it makes no crypto decisions and never sees plaintext material
 //! (versions arrive sealed under the root key).
@@ -6,14 +7,25 @@
 //! a [`KeyUpdate`] only if the stored revision is the one the keystore read, atomically with the
 //! version and alias changes it carries. A shared database serializes rotations and deletions
 //! this way, not the process.
+//!
+//! Every change to a key or an alias is also appended to a change feed ([`Store::changes`]),
+//! so a node sharing the database with others drops what it cached of a key another node
+//! changed; background work that must run once across nodes takes a lease
+//! ([`Store::try_lease`]).
 
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
 pub use sqlite::SqliteStore;
+
+/// How long the change feed keeps an entry, in seconds. A reader further behind than this is
+/// told everything changed.
+pub const CHANGES_KEPT: i64 = 3600;
 
 use super::key::{AliasRecord, ImportTokenRecord, KeyRecord, VersionRecord};
 
@@ -42,6 +54,9 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// The database did not answer in time, or cannot be reached.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The database failed (I/O, corruption, a full disk).
     #[error("database error: {0}")]
     Database(String),
@@ -58,6 +73,32 @@ pub struct KeyUpdate {
     pub put_versions: Vec<VersionRecord>,
     /// Whether to delete every alias of the key (deletion carried out).
     pub delete_aliases: bool,
+}
+
+/// Everything a store holds, read in one transaction: what a backup or a migration copies.
+#[derive(Debug, Default)]
+pub struct StoreSnapshot {
+    /// Every key, ordered by id.
+    pub keys: Vec<KeyRecord>,
+    /// Every version, as (key id, version), ordered by key id then version.
+    pub versions: Vec<(String, VersionRecord)>,
+    /// Every alias, ordered by name.
+    pub aliases: Vec<AliasRecord>,
+    /// Every import token, ordered by id.
+    pub import_tokens: Vec<ImportTokenRecord>,
+}
+
+/// What changed since a point of the change feed.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Changes {
+    /// Where the feed stands now: the cursor for the next call.
+    pub cursor: i64,
+    /// Keys changed (metadata, versions, state), each once.
+    pub keys: Vec<String>,
+    /// Whether any alias was created, re-pointed or deleted.
+    pub aliases: bool,
+    /// Whether the reader fell behind what the feed keeps: treat everything as changed.
+    pub all: bool,
 }
 
 /// How [`Store::put_alias`] treats an existing alias.
@@ -109,4 +150,26 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Parameters by token id.
     fn import_token(&self, token_id: &str) -> StoreFuture<'_, Option<ImportTokenRecord>>;
+
+    /// Everything, as of one moment, while writers carry on.
+    fn snapshot(&self) -> StoreFuture<'_, StoreSnapshot>;
+
+    /// Writes `snapshot` into this store, which must hold no key, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the store is not empty; nothing is written then.
+    fn restore(&self, snapshot: StoreSnapshot) -> StoreFuture<'_, ()>;
+
+    /// What changed after `cursor` (`None`: only where the feed stands now, with no changes).
+    fn changes(&self, cursor: Option<i64>) -> StoreFuture<'_, Changes>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_seconds` (by the database's
+    /// clock), unless another holder's lease is still running. True when `holder` holds it.
+    fn try_lease(&self, name: &str, holder: &str, ttl_seconds: i64) -> StoreFuture<'_, bool>;
+
+    /// A value of the store's `meta` table (the root key's check value, say).
+    fn meta(&self, name: &str) -> StoreFuture<'_, Option<Vec<u8>>>;
+
+    /// Sets `name` in the `meta` table unless it is set; answers the value it holds afterwards.
+    fn init_meta(&self, name: &str, value: Vec<u8>) -> StoreFuture<'_, Vec<u8>>;
 }
