@@ -29,6 +29,7 @@ use crate::crypto::{BackendKind, KeyPairSpec, MacAlgorithm, SigningAlgorithm};
 use crate::error::{Error, exit_code};
 use crate::keystore::clock::{Clock, ManualClock, SystemClock};
 use crate::keystore::operations::{DataKeySize, EncryptionAlgorithm, MessageType};
+use crate::keystore::store;
 use crate::keystore::{
     self, CreateKeyRequest, EncryptionContext, ImportRequest, ImportType, KeyMetadata, KeySpec,
     KeyUsage, Keystore, OpContext, Origin, Partition, RootKeySource, WrappingAlgorithm,
@@ -1379,6 +1380,17 @@ fn keystore_with_partition(
             ),
         ));
     }
+    if let Ok(database) = std::fs::read_to_string(data_dir.join(SHARED_STORE_MARKER)) {
+        return Err(Error::new(
+            exit_code::STORAGE,
+            format!(
+                "the keys of {} are in PostgreSQL ({}): start `kagi serve --config FILE` on it and \
+                 run this command while it serves (it then goes through the server's API)",
+                data_dir.display(),
+                database.trim()
+            ),
+        ));
+    }
     // Checked before the audit trail is opened, so a directory without a keystore gets no
     // trail created in it.
     let audit = Arc::new(
@@ -1387,6 +1399,48 @@ fn keystore_with_partition(
     );
     Keystore::open(backend, data_dir, root_source, clock, audit, partition)
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
+}
+
+/// The file a data directory whose keys are in a shared store holds (the database's URL,
+/// without a password), so commands that would open the local store refuse instead.
+const SHARED_STORE_MARKER: &str = "store.shared";
+
+/// Opens the keystore a server runs on: `store` as configured, the root key and audit trail
+/// of `data_dir`.
+async fn keystore_for_server(
+    backend: &'static dyn crate::crypto::CryptoBackend,
+    data_dir: &Path,
+    root_source: &RootKeySource,
+    store: &store::StoreSettings,
+    partition: Partition,
+    audit: &AuditConfig,
+) -> Result<Keystore, Error> {
+    let store::StoreSettings::Postgres(settings) = store else {
+        return keystore_with_partition(backend, data_dir, root_source, partition, audit);
+    };
+    let storage = |message: String| Error::new(exit_code::STORAGE, message);
+    if !data_dir.join("root.check").exists() {
+        return Err(storage(format!(
+            "{} holds no root key: copy root.key and root.check from another node of the \
+             cluster (every node needs the same root key), or start on an empty directory to \
+             make a new one",
+            data_dir.display()
+        )));
+    }
+    let clock = clock()?;
+    let audit =
+        Arc::new(FileSink::open(data_dir, audit, backend).map_err(|e| storage(e.to_string()))?);
+    let shared = store.open(data_dir).await.map_err(|e| storage(e.to_string()))?;
+    let keystore =
+        Keystore::open_with_store(backend, data_dir, root_source, shared, clock, audit, partition)
+            .await
+            .map_err(|error| storage(error.message().to_owned()))?;
+    let marker = store::redact_url(&settings.url);
+    crate::server::write_atomically(&data_dir.join(SHARED_STORE_MARKER), marker.as_bytes())
+        .map_err(|e| {
+            storage(format!("cannot write {}: {e}", data_dir.join(SHARED_STORE_MARKER).display()))
+        })?;
+    Ok(keystore)
 }
 
 /// `kagi audit …`: reads the trail files only, never the keystore.

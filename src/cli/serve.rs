@@ -7,10 +7,11 @@ use std::sync::Arc;
 use clap::Args as ClapArgs;
 
 use super::remote::{ServerInfo, ServerLock};
-use super::{Args, keystore_with_partition};
+use super::{Args, keystore_for_server};
 use crate::config::Config;
 use crate::error::{Error, exit_code};
-use crate::keystore::{Keystore, RootKeySource};
+use crate::keystore::store::StoreSettings;
+use crate::keystore::{Keystore, RootKey, RootKeySource};
 use crate::server::{Ready, ServeError, write_atomically};
 
 /// `kagi serve`.
@@ -60,8 +61,14 @@ pub(super) fn run_config(
     if fresh {
         // First run: create the keystore. A directory with anything in it is never
         // re-initialised, so a missing root key is an error, not a silent new keystore.
-        Keystore::init(backend_kind, &config.data_dir, &root_source)
-            .map_err(|error| Error::new(exit_code::STORAGE, error.to_string()))?;
+        let made = match config.store {
+            // The keys live in the shared database: only the root key is local.
+            StoreSettings::Postgres(_) => {
+                RootKey::create(backend_kind, &config.data_dir, &root_source).map(drop)
+            }
+            StoreSettings::Sqlite => Keystore::init(backend_kind, &config.data_dir, &root_source),
+        };
+        made.map_err(|error| Error::new(exit_code::STORAGE, error.to_string()))?;
         tracing::info!(data_dir = %config.data_dir.display(), "initialised a new keystore");
     }
     let runtime =
@@ -76,13 +83,17 @@ pub(super) fn run_config(
                 .map_err(|e| Error::new(exit_code::FAILURE, e.to_string()))?;
             tokio::spawn(crate::demo::sample_backend(listener));
         }
-        let keystore = Arc::new(keystore_with_partition(
-            backend_kind,
-            &config.data_dir,
-            &root_source,
-            config.partition.clone(),
-            &config.audit,
-        )?);
+        let keystore = Arc::new(
+            keystore_for_server(
+                backend_kind,
+                &config.data_dir,
+                &root_source,
+                &config.store,
+                config.partition.clone(),
+                &config.audit,
+            )
+            .await?,
+        );
         let region = config.partition.region.clone();
         let on_ready = |ready: &Ready| {
             let info = ServerInfo {

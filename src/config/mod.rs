@@ -24,6 +24,7 @@ use toml::Spanned;
 use crate::audit::{AuditConfig, ContextMode};
 use crate::crypto::{BackendKind, SecretBytes};
 use crate::keystore::Partition;
+use crate::keystore::store::{PasswordSource, PostgresSettings, StoreSettings};
 
 /// The configuration a fresh `kagi serve` runs with when given no file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -48,6 +49,10 @@ pub struct Config {
     pub partition: Partition,
     /// The environment variable holding the root passphrase, when the root key derives from one.
     pub root_passphrase_env: Option<String>,
+    /// Where keys are kept.
+    pub store: StoreSettings,
+    /// How often due deletions, rotations and expiries are carried out.
+    pub sweep_interval: std::time::Duration,
     /// The KMS API listener.
     pub api: ApiConfig,
     /// The admin listener (`/metrics`, `/healthz`), if any.
@@ -199,6 +204,8 @@ impl Config {
             ("[keystore] region", self.partition.region != new.partition.region),
             ("[keystore] account", self.partition.account != new.partition.account),
             ("[keystore] root_passphrase_env", self.root_passphrase_env != new.root_passphrase_env),
+            ("[keystore] sweep_interval_ms", self.sweep_interval != new.sweep_interval),
+            ("[store]", self.store != new.store),
             ("[api] listen", self.api.listen != new.api.listen),
             ("[admin] listen", self.admin != new.admin),
             ("[audit]", self.audit != new.audit),
@@ -219,6 +226,8 @@ impl Config {
         self.backend = running.backend;
         self.partition = running.partition.clone();
         self.root_passphrase_env.clone_from(&running.root_passphrase_env);
+        self.sweep_interval = running.sweep_interval;
+        self.store = running.store.clone();
         self.api.listen = running.api.listen;
         self.admin = running.admin;
         self.audit = running.audit.clone();
@@ -325,6 +334,17 @@ impl Builder<'_> {
             .into_iter()
             .map(|webhook| self.webhook(&webhook.url))
             .collect::<Result<_, _>>()?;
+        let store = match raw.store {
+            Some(raw) => self.store(raw)?,
+            None => StoreSettings::Sqlite,
+        };
+        let sweep_interval = match &keystore.sweep_interval_ms {
+            Some(ms) if *ms.get_ref() == 0 => {
+                return Err(self.error(ms, "sweep_interval_ms must be at least 1"));
+            }
+            Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
+            None => std::time::Duration::from_secs(60),
+        };
         let taken: Vec<SocketAddr> = std::iter::once(api.listen).chain(admin).collect();
         let proxy = self.proxy(raw.proxy, raw.listeners, raw.upstreams, raw.routes, &taken)?;
         Ok(Config {
@@ -335,11 +355,61 @@ impl Builder<'_> {
             backend,
             partition,
             root_passphrase_env: keystore.root_passphrase_env,
+            store,
+            sweep_interval,
             api,
             admin,
             principals: Arc::new(principals),
             quotas,
         })
+    }
+
+    fn store(&self, raw: raw::Store) -> Result<StoreSettings, ConfigError> {
+        let url = raw.url.get_ref();
+        if url == "sqlite" {
+            if let Some(extra) = raw.password_file.as_ref().or(raw.password_env.as_ref()) {
+                return Err(self.error(extra, "a password is for a postgres:// store"));
+            }
+            return Ok(StoreSettings::Sqlite);
+        }
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(self.error(
+                &raw.url,
+                "url is 'sqlite' or a PostgreSQL URL like postgres://kagi@db:5432/kagi",
+            ));
+        }
+        if let Err(error) = url.parse::<tokio_postgres::Config>() {
+            return Err(self.error(&raw.url, format!("the PostgreSQL URL does not parse: {error}")));
+        }
+        let password = match (raw.password_file, raw.password_env) {
+            (Some(_), Some(env)) => {
+                return Err(self.error(&env, "give password_file or password_env, not both"));
+            }
+            (Some(file), None) => PasswordSource::File(self.path(file.get_ref())),
+            (None, Some(env)) => PasswordSource::Env(env.into_inner()),
+            (None, None) => PasswordSource::None,
+        };
+        let millis = |value: &Option<Spanned<u64>>, default: u64, name: &str| match value {
+            Some(ms) if *ms.get_ref() == 0 => {
+                Err(self.error(ms, format!("{name} must be at least 1")))
+            }
+            Some(ms) => Ok(std::time::Duration::from_millis(*ms.get_ref())),
+            None => Ok(std::time::Duration::from_millis(default)),
+        };
+        let pool_size = match &raw.pool_size {
+            Some(size) if !(1..=1000).contains(size.get_ref()) => {
+                return Err(self.error(size, "pool_size must be 1 to 1000"));
+            }
+            Some(size) => *size.get_ref() as usize,
+            None => 16,
+        };
+        Ok(StoreSettings::Postgres(PostgresSettings {
+            url: url.clone(),
+            password,
+            pool_size,
+            timeout: millis(&raw.timeout_ms, 5000, "timeout_ms")?,
+            poll_interval: millis(&raw.poll_interval_ms, 1000, "poll_interval_ms")?,
+        }))
     }
 
     fn webhook(&self, url: &Spanned<String>) -> Result<http::Uri, ConfigError> {

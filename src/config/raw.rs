@@ -21,6 +21,8 @@ pub struct Config {
     pub quotas: Option<Quotas>,
     /// `[audit]`.
     pub audit: Option<Audit>,
+    /// `[store]`: where keys are kept (default: SQLite in the data directory).
+    pub store: Option<Store>,
     /// `[[webhooks]]`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
@@ -192,6 +194,24 @@ pub struct Audit {
     pub timeout_ms: Option<Spanned<u64>>,
 }
 
+/// `[store]`: a PostgreSQL database shared by several nodes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    /// `sqlite` (the default) or `postgres://user@host:port/dbname`.
+    pub url: Spanned<String>,
+    /// A file holding the database password.
+    pub password_file: Option<Spanned<String>>,
+    /// An environment variable holding the database password.
+    pub password_env: Option<Spanned<String>>,
+    /// Most connections per node.
+    pub pool_size: Option<Spanned<u64>>,
+    /// Longest a database call may take, in milliseconds.
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// How often each node reads the change feed, in milliseconds.
+    pub poll_interval_ms: Option<Spanned<u64>>,
+}
+
 /// `[keystore]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +226,8 @@ pub struct Keystore {
     pub account: Option<Spanned<String>>,
     /// The environment variable holding the root passphrase.
     pub root_passphrase_env: Option<String>,
+    /// How often due deletions, rotations and expiries are carried out, in milliseconds.
+    pub sweep_interval_ms: Option<Spanned<u64>>,
 }
 
 /// `[api]`.

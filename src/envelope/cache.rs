@@ -411,6 +411,11 @@ impl KeyObserver for CacheInvalidator {
             Some(Revokes::All) => self.shared.invalidate(None),
         }
     }
+
+    fn changed_elsewhere(&self, key_arn: Option<&str>) {
+        // Any change another node made: it may have disabled, deleted or re-pointed.
+        self.shared.invalidate(key_arn);
+    }
 }
 
 /// What a successful operation takes out of use.

@@ -25,6 +25,7 @@
 mod access;
 pub mod ciphertext;
 pub mod clock;
+mod cluster;
 mod error;
 pub mod grants;
 pub mod import;
@@ -66,6 +67,15 @@ use key::{AliasRecord, KeyRecord, RotationSchedule, VersionRecord, VersionState}
 use lifecycle::OperationClass;
 use store::{AliasWrite, KeyUpdate, Store};
 use trail::Trail;
+
+/// This process's name as a lease holder: its pid and a random suffix (pids repeat across
+/// machines and restarts).
+fn node_id(backend: &dyn CryptoBackend) -> String {
+    let mut random = [0u8; 8];
+    // A failed draw leaves zeros: the pid alone still tells nodes apart on one machine.
+    let _ = backend.fill_random(&mut random);
+    format!("{}-{}", std::process::id(), hex::encode(random))
+}
 
 /// Largest description, in characters.
 pub const MAX_DESCRIPTION: usize = 8192;
@@ -111,6 +121,11 @@ pub struct Keystore {
     audit: Arc<dyn AuditSink>,
     partition: Partition,
     cache: RwLock<HashMap<String, Arc<LoadedKey>>>,
+    /// Alias name → key id, as last read; emptied by any alias change this node makes or
+    /// reads from the change feed.
+    aliases: RwLock<HashMap<String, String>>,
+    /// This process, as the holder of leases on background work.
+    node_id: String,
     /// Bumped by every invalidation: a load that started before one must not fill the cache,
     /// or a key disabled meanwhile would keep working from a stale record.
     generation: AtomicU64,
@@ -256,6 +271,34 @@ impl Keystore {
         Ok(Self::with_store(backend, Arc::new(store), root, clock, audit, partition))
     }
 
+    /// Opens the keystore of `data_dir` on `store` (SQLite or a PostgreSQL database shared
+    /// with other nodes), proving that the root key is the one the store's material is sealed
+    /// under: the first node records its root key's check value in the store, and every node
+    /// after it must open that value.
+    ///
+    /// # Errors
+    /// As [`Keystore::open`], and when the store's check value is another root key's.
+    pub async fn open_with_store(
+        backend: &'static dyn CryptoBackend,
+        data_dir: &Path,
+        root_source: &RootKeySource,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        audit: Arc<dyn AuditSink>,
+        partition: Partition,
+    ) -> Result<Self, Error> {
+        let root = RootKey::load(backend, data_dir, root_source)?;
+        let recorded = store.init_meta("root_check", RootKey::check_value(data_dir)?).await?;
+        if !root.opens_check(backend, &recorded) {
+            return Err(Error::validation(format!(
+                "the root key of {} is not the one the keys in the store are sealed under \
+                 (another keystore's database?): every node needs the same root key",
+                data_dir.display()
+            )));
+        }
+        Ok(Self::with_store(backend, store, root, clock, audit, partition))
+    }
+
     /// Creates a new keystore in `data_dir`: the root key (or its salt), its check value and
     /// the database.
     ///
@@ -288,6 +331,8 @@ impl Keystore {
             audit,
             partition,
             cache: RwLock::new(HashMap::new()),
+            aliases: RwLock::new(HashMap::new()),
+            node_id: node_id(backend),
             generation: AtomicU64::new(0),
             write_lock: tokio::sync::Mutex::new(()),
             observer: std::sync::OnceLock::new(),
@@ -663,11 +708,14 @@ impl Keystore {
             }
             let updated =
                 AliasRecord { key_id: key.record.id.clone(), updated: self.now(), ..alias };
-            trail
+            let committed = trail
                 .commit(&key.arn, None, || async {
                     Ok(self.store.put_alias(updated, AliasWrite::Update).await?)
                 })
-                .await?;
+                .await;
+            // Even a failed commit may have landed (a timeout): forget what was read.
+            self.invalidate_aliases();
+            committed?;
             Ok(key.arn.clone())
         }
         .await;
@@ -688,7 +736,11 @@ impl Keystore {
                 .await?
                 .ok_or_else(|| Error::not_found(format!("Alias {}", self.alias_arn(name))))?;
             let arn = self.key_arn(&alias.key_id);
-            trail.commit(&arn, None, || async { Ok(self.store.delete_alias(name).await?) }).await?;
+            let committed = trail
+                .commit(&arn, None, || async { Ok(self.store.delete_alias(name).await?) })
+                .await;
+            self.invalidate_aliases();
+            committed?;
             Ok(arn)
         }
         .await;
@@ -897,10 +949,30 @@ impl Keystore {
     }
 
     async fn alias_target(&self, name: &str) -> Result<String, Error> {
+        if let Some(key_id) =
+            self.aliases.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name)
+        {
+            return Ok(key_id.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
         match self.store.alias(name).await? {
-            Some(alias) => Ok(alias.key_id),
+            Some(alias) => {
+                let mut aliases =
+                    self.aliases.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if self.generation.load(Ordering::SeqCst) == generation {
+                    aliases.insert(alias.name, alias.key_id.clone());
+                }
+                Ok(alias.key_id)
+            }
             None => Err(Error::not_found(format!("Alias {}", self.alias_arn(name)))),
         }
+    }
+
+    /// Forgets every alias this node read (after any alias change).
+    pub(crate) fn invalidate_aliases(&self) {
+        let mut aliases = self.aliases.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        aliases.clear();
     }
 
     fn load(&self, record: KeyRecord, versions: Vec<VersionRecord>) -> Result<LoadedKey, Error> {
@@ -940,6 +1012,25 @@ impl Keystore {
         key_ref: &str,
         allow_alias: bool,
         class: OperationClass,
+        change: F,
+    ) -> Result<String, Error>
+    where
+        F: FnMut(&mut KeyRecord, &LoadedKey) -> Result<Vec<VersionRecord>, Error>,
+    {
+        // A handful of attempts: a conflict means another process committed in between.
+        self.update_with(trail, key_ref, allow_alias, class, 8, change).await
+    }
+
+    /// [`Keystore::update`] with at most `attempts` commits: 1 for a change that must not be
+    /// repeated on top of another node's (two nodes rotating a key at once make one new
+    /// version, and the other caller gets ConflictException).
+    pub(crate) async fn update_with<F>(
+        &self,
+        trail: &Trail<'_>,
+        key_ref: &str,
+        allow_alias: bool,
+        class: OperationClass,
+        attempts: usize,
         mut change: F,
     ) -> Result<String, Error>
     where
@@ -947,8 +1038,7 @@ impl Keystore {
     {
         let key_id = self.key_id_of(key_ref, allow_alias).await?;
         let _writer = self.write_lock.lock().await;
-        // A handful of attempts: a conflict means another process committed in between.
-        for _ in 0..8 {
+        for _ in 0..attempts {
             self.invalidate(&key_id);
             let loaded = self.resolve(&key_id, false).await?;
             lifecycle::check(class, &loaded.record, &loaded.arn)?;
@@ -966,6 +1056,9 @@ impl Keystore {
             trail.before_commit(&loaded.arn, material_id.as_deref()).await?;
             let result = self.store.update_key(update).await;
             self.invalidate(&key_id);
+            if delete_aliases {
+                self.invalidate_aliases();
+            }
             let error = match result {
                 Ok(()) => return Ok(loaded.arn.clone()),
                 Err(store::StoreError::Conflict) => {

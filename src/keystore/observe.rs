@@ -35,6 +35,13 @@ pub trait KeyObserver: Send + Sync + fmt::Debug {
     fn handshake_signed(&self, key_id: &str, spec: crate::keystore::KeySpec, outcome: &str) {
         let _ = (key_id, spec, outcome);
     }
+
+    /// Another node sharing the store changed key `key_arn` (`None`: an alias, or anything),
+    /// as this node read from the store's change feed. Changes of this node are seen here too,
+    /// after [`KeyObserver::recorded`].
+    fn changed_elsewhere(&self, key_arn: Option<&str>) {
+        let _ = key_arn;
+    }
 }
 
 /// Several observers, each told everything, in order (metrics, then notifications).
@@ -63,6 +70,12 @@ impl KeyObserver for Observers {
     fn handshake_signed(&self, key_id: &str, spec: crate::keystore::KeySpec, outcome: &str) {
         for observer in &self.0 {
             observer.handshake_signed(key_id, spec, outcome);
+        }
+    }
+
+    fn changed_elsewhere(&self, key_arn: Option<&str>) {
+        for observer in &self.0 {
+            observer.changed_elsewhere(key_arn);
         }
     }
 }

@@ -129,6 +129,42 @@ impl RootKey {
         Ok(root)
     }
 
+    /// The check value of `data_dir` (`root.check`): sealed under the root key, it proves a
+    /// key is the right one without revealing anything.
+    ///
+    /// # Errors
+    /// When it cannot be read.
+    pub fn check_value(data_dir: &Path) -> Result<Vec<u8>, Error> {
+        let path = data_dir.join(CHECK_FILE);
+        fs::read(&path).map_err(|e| io_error(&path, &e))
+    }
+
+    /// Whether `check` (a check value, from any data directory or a database) was sealed under
+    /// this root key.
+    pub fn opens_check(&self, backend: &dyn CryptoBackend, check: &[u8]) -> bool {
+        self.unseal(backend, CHECK_AAD, check).is_ok()
+    }
+
+    /// A 32-byte secret derived from the root key for `label` (HKDF-SHA512), the same on every
+    /// node that holds the root key: TLS session-ticket keys, say.
+    ///
+    /// # Errors
+    /// Only on crypto failure.
+    pub fn derive_secret(
+        &self,
+        backend: &dyn CryptoBackend,
+        label: &[u8],
+    ) -> Result<SecretBytes, Error> {
+        let mut out = SecretBytes::zeroed(32);
+        backend.hkdf_sha512(
+            b"kagi root key derivation v1",
+            self.key.expose_secret(),
+            label,
+            out.expose_secret_mut(),
+        )?;
+        Ok(out)
+    }
+
     /// Seals `plaintext` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
     ///
     /// # Errors

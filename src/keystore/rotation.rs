@@ -183,7 +183,7 @@ impl Keystore {
         let now = self.now();
         let trail = self.trail(ctx, "RotateKeyOnDemand");
         let outcome = self
-            .update(&trail, key_ref, false, OperationClass::Manage, |key, loaded| {
+            .update_with(&trail, key_ref, false, OperationClass::Manage, 1, |key, loaded| {
                 if key.spec != KeySpec::SymmetricDefault {
                     return Err(unsupported_rotation(&loaded.arn));
                 }

@@ -43,8 +43,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the sweeper runs (deletions due, rotations due, imported material expired).
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A failure to start serving.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +106,15 @@ pub async fn serve(
         Arc::clone(&config.principals),
         Arc::clone(&metrics),
     ));
-    let sessions = SessionState::new().map_err(|e| ServeError(e.to_string()))?;
+    let sessions = if config.store.poll_interval().is_some() {
+        // Several nodes: a client resumes on whichever node the balancer picks.
+        let secret = keystore
+            .derive_secret(b"tls session tickets")
+            .map_err(|e| ServeError(format!("cannot derive the session ticket key: {e}")))?;
+        SessionState::shared(crate::tls::SharedTicketer::new(keystore.backend(), secret))
+    } else {
+        SessionState::new().map_err(|e| ServeError(e.to_string()))?
+    };
 
     let (api_tls, ca_bundle) = api_tls(&config, &keystore, &sessions).await?;
     let (api_tls, api_tls_rx) = watch::channel(Arc::new(api_tls));
@@ -166,7 +172,12 @@ pub async fn serve(
         };
         tokio::spawn(admin::admin_loop(listener, admin));
     }
-    tokio::spawn(sweep_loop(Arc::clone(&keystore)));
+    let shared = config.store.poll_interval();
+    tokio::spawn(sweep_loop(Arc::clone(&keystore), config.sweep_interval, shared.is_some()));
+    if let Some(interval) = shared {
+        let follower = Arc::clone(&keystore);
+        tokio::spawn(async move { follower.follow_changes(interval).await });
+    }
     tokio::spawn(purge_loop(Arc::clone(&keys)));
     let (stop_api, api_stopped) = watch::channel(false);
     tokio::spawn(api_loop(
@@ -455,16 +466,33 @@ async fn purge_loop(keys: crate::proxy::Keys) {
     }
 }
 
-/// Runs the sweeper periodically: deletions, rotations and expiries that have come due.
-async fn sweep_loop(keystore: Arc<Keystore>) {
-    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+/// Runs the sweeper every `interval`: deletions, rotations and expiries that have come due.
+///
+/// With a store `shared` by several nodes only the holder of the `sweeper` lease sweeps. The
+/// lease outlives a few intervals, so a node that dies holding it (mid-sweep, say) hands over
+/// once it runs out; every step of a sweep is a compare-and-swap on the key, so a step another
+/// node already carried out is never repeated.
+async fn sweep_loop(keystore: Arc<Keystore>, interval: Duration, shared: bool) {
+    let lease = (interval * 3).max(Duration::from_secs(2));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        ticks.tick().await;
+        if shared {
+            match keystore.try_lease("sweeper", lease).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(target: "kagi::sweeper", %error, "cannot take the sweeper lease");
+                    continue;
+                }
+            }
+        }
         let Ok(request_id) = keystore.new_uuid() else { continue };
         let ctx = OpContext { principal: "kagi".into(), source: "sweeper".into(), request_id };
         match keystore.sweep(&ctx).await {
             Ok(report) if report != crate::keystore::SweepReport::default() => {
-                tracing::info!(target: "kagi::sweeper", ?report, "sweep");
+                tracing::info!(target: "kagi::sweeper", node = keystore.node_id(), ?report, "sweep");
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(target: "kagi::sweeper", %error, "sweep failed"),

@@ -16,6 +16,7 @@ mod issue;
 mod resolver;
 mod signer;
 mod store;
+mod tickets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use issue::{CertIssuer, IssueRequest, KeyChoice, api_resolver, load_entry};
 pub use resolver::{CertEntry, SniResolver};
 pub use signer::{HandshakeCounter, IssuingKey, KeystoreSigningKey, schemes};
 pub use store::{CertKind, CertMeta, CertStore, StoredCert, pem_encode};
+pub use tickets::SharedTicketer;
 
 use crate::keystore;
 
@@ -100,6 +102,15 @@ impl SessionState {
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| TlsError::Issue(e.to_string()))?;
         Ok(Self { ticketer, cache: rustls::server::ServerSessionMemoryCache::new(4096) })
+    }
+
+    /// Tickets any node holding the same `ticketer` secret opens (see [`SharedTicketer`]), and
+    /// an empty cache.
+    pub fn shared(ticketer: SharedTicketer) -> Self {
+        Self {
+            ticketer: Arc::new(ticketer),
+            cache: rustls::server::ServerSessionMemoryCache::new(4096),
+        }
     }
 }
 

@@ -13,14 +13,17 @@
 //! changed; background work that must run once across nodes takes a lease
 //! ([`Store::try_lease`]).
 
+mod postgres;
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+pub use postgres::{PostgresOptions, PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
 
 /// How long the change feed keeps an entry, in seconds. A reader further behind than this is
@@ -172,4 +175,94 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Sets `name` in the `meta` table unless it is set; answers the value it holds afterwards.
     fn init_meta(&self, name: &str, value: Vec<u8>) -> StoreFuture<'_, Vec<u8>>;
+}
+
+/// Which store a keystore uses, as configured (`[store]`).
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub enum StoreSettings {
+    /// `DATA_DIR/keystore.db`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by several nodes.
+    Postgres(PostgresSettings),
+}
+
+/// `[store]` for PostgreSQL. The password is read when the store opens, never kept here.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct PostgresSettings {
+    /// `postgres://user@host:port/dbname`.
+    pub url: String,
+    /// Where the password comes from.
+    pub password: PasswordSource,
+    /// Most connections open at once per node.
+    pub pool_size: usize,
+    /// Longest a database call may take, connecting included.
+    pub timeout: std::time::Duration,
+    /// How often a node reads the change feed (the bound on how stale its caches can be).
+    pub poll_interval: std::time::Duration,
+}
+
+/// Where a database password comes from.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum PasswordSource {
+    /// None, or the one in the URL.
+    None,
+    /// A file holding it (trailing newline ignored).
+    File(std::path::PathBuf),
+    /// An environment variable holding it.
+    Env(String),
+}
+
+impl StoreSettings {
+    /// Opens the store for `data_dir`.
+    ///
+    /// # Errors
+    /// When the password cannot be read, or the store cannot be opened (see
+    /// [`SqliteStore::open`], [`PostgresStore::open`]).
+    pub async fn open(&self, data_dir: &std::path::Path) -> Result<Arc<dyn Store>, StoreError> {
+        match self {
+            Self::Sqlite => Ok(Arc::new(SqliteStore::open(&data_dir.join("keystore.db"))?)),
+            Self::Postgres(settings) => {
+                let password = match &settings.password {
+                    PasswordSource::None => None,
+                    PasswordSource::File(path) => {
+                        let mut text = std::fs::read(path).map_err(|error| {
+                            StoreError::Database(format!(
+                                "cannot read the database password from {}: {error}",
+                                path.display()
+                            ))
+                        })?;
+                        let end =
+                            text.iter().rposition(|b| !b"\r\n".contains(b)).map_or(0, |i| i + 1);
+                        let password = crate::crypto::SecretBytes::from(text[..end].to_vec());
+                        zeroize::Zeroize::zeroize(&mut text);
+                        Some(password)
+                    }
+                    PasswordSource::Env(name) => {
+                        let value = std::env::var(name).map_err(|_| {
+                            StoreError::Database(format!(
+                                "the database password variable {name} is not set"
+                            ))
+                        })?;
+                        Some(crate::crypto::SecretBytes::from(value.into_bytes()))
+                    }
+                };
+                let options = PostgresOptions {
+                    url: settings.url.clone(),
+                    password,
+                    pool_size: settings.pool_size,
+                    timeout: settings.timeout,
+                };
+                Ok(Arc::new(PostgresStore::open(&options).await?))
+            }
+        }
+    }
+
+    /// How often the change feed is read: `None` for SQLite, which one process owns.
+    pub fn poll_interval(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres(settings) => Some(settings.poll_interval),
+        }
+    }
 }

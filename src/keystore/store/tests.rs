@@ -203,3 +203,85 @@ async fn sqlite_feed_of_a_new_reader_starts_at_the_head() {
     let ahead = store.changes(Some(head.cursor + 10)).await.expect("changes");
     assert!(ahead.all);
 }
+
+/// A new, empty database in the cluster `KAGI_TEST_POSTGRES` names, as a URL; `None` (the
+/// test is skipped, saying so) when it names none, except under `CI=true`, where that fails.
+pub(crate) async fn postgres_database() -> Option<String> {
+    let Ok(url) = std::env::var("KAGI_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "KAGI_TEST_POSTGRES is not set: .ci/run starts a cluster (tests/pg/cluster.sh)"
+        );
+        eprintln!("KAGI_TEST_POSTGRES is not set: skipping the PostgreSQL half of this test");
+        return None;
+    };
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).expect("random");
+    let name = format!("kagi_test_{}", hex::encode(random));
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to KAGI_TEST_POSTGRES");
+    tokio::spawn(connection);
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
+    Some(format!("{base}/{name}"))
+}
+
+pub(crate) fn options(url: &str) -> PostgresOptions {
+    PostgresOptions {
+        url: url.to_owned(),
+        password: None,
+        pool_size: 4,
+        timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+/// A store on a new, empty test database (see [`postgres_database`]).
+pub(crate) async fn postgres() -> Option<Arc<dyn Store>> {
+    let url = postgres_database().await?;
+    Some(Arc::new(PostgresStore::open(&options(&url)).await.expect("open the test database")))
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_contract() {
+    let Some(store) = postgres().await else { return };
+    contract(&*store).await;
+}
+
+#[tokio::test]
+async fn postgres_round_trips_a_snapshot_both_ways() {
+    let (_a, sqlite_store) = sqlite();
+    let Some(pg) = postgres().await else { return };
+    round_trip(&*sqlite_store, &*pg).await;
+    let (_b, back) = sqlite();
+    back.restore(pg.snapshot().await.expect("snapshot")).await.expect("restore");
+    assert_eq!(back.keys().await.expect("keys"), pg.keys().await.expect("keys"));
+}
+
+#[tokio::test]
+async fn postgres_migrates_once_and_refuses_a_newer_schema() {
+    let Some(url) = postgres_database().await else { return };
+    let first = PostgresStore::open(&options(&url)).await.expect("first node");
+    first.insert_key(key(A, 1), Vec::new()).await.expect("insert");
+    // A second node finds the schema in place and the data intact.
+    let second = PostgresStore::open(&options(&url)).await.expect("second node");
+    assert_eq!(second.key(A).await.expect("key"), Some(key(A, 1)));
+    let (client, connection) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.batch_execute("UPDATE kagi_schema SET version = 99").await.expect("bump");
+    let error = PostgresStore::open(&options(&url)).await.expect_err("newer schema");
+    assert_eq!(error, StoreError::NewerSchema { found: 99, supported: 1 });
+}
+
+#[tokio::test]
+async fn postgres_unreachable_fails_fast() {
+    // Nothing listens on this socket directory: the call fails at once or at its deadline,
+    // as Unavailable (DependencyTimeoutException to a caller), never hanging.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = dir.path().display().to_string().replace('/', "%2F");
+    let mut options = options(&format!("postgres://postgres@{host}:5432/postgres"));
+    options.timeout = std::time::Duration::from_secs(2);
+    let error = PostgresStore::open(&options).await.expect_err("no database");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+}
