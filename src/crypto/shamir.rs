@@ -13,6 +13,7 @@
 //! `keystore::shares` writes and reads shares, and checks a combination against the root key's
 //! check value, since [`combine`] of the wrong shares returns a wrong secret, not an error.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use super::{CryptoBackend, SecretBytes};
@@ -134,7 +135,8 @@ pub fn split(
 ///
 /// # Errors
 /// [`Error::NoShares`], [`Error::DuplicateX`], [`Error::LengthMismatch`].
-pub fn combine(shares: &[Share]) -> Result<SecretBytes, Error> {
+pub fn combine<S: Borrow<Share>>(shares: &[S]) -> Result<SecretBytes, Error> {
+    let shares: Vec<&Share> = shares.iter().map(Borrow::borrow).collect();
     let first = shares.first().ok_or(Error::NoShares)?;
     let len = first.value.len();
     for (index, share) in shares.iter().enumerate() {
@@ -146,7 +148,7 @@ pub fn combine(shares: &[Share]) -> Result<SecretBytes, Error> {
         }
     }
     let mut secret = SecretBytes::zeroed(len);
-    for share in shares {
+    for share in &shares {
         // The Lagrange basis polynomial of this share at zero: Π x_j / (x_j - x_i), j ≠ i
         // (subtraction is XOR in characteristic 2). The x coordinates are public.
         let mut numerator = 1u8;

@@ -205,7 +205,7 @@ fn split_refuses_bad_thresholds_and_empty_secrets() {
 #[test]
 fn combine_refuses_malformed_sets() {
     let shares = split(backend(), &[1, 2, 3], 3, 2).expect("split");
-    assert_eq!(combine(&[]).map(|_| ()), Err(Error::NoShares));
+    assert_eq!(combine::<Share>(&[]).map(|_| ()), Err(Error::NoShares));
     assert_eq!(combine(&pick(&shares, &[2, 2])).map(|_| ()), Err(Error::DuplicateX(2)));
     let short = Share::new(3, SecretBytes::from_slice(&[0, 0])).expect("x");
     let mut mixed = pick(&shares, &[1]);
