@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::{AesKey, CryptoBackend, NONCE_LEN, SecretBytes, TAG_LEN};
 
@@ -31,6 +31,13 @@ pub enum RootKeySource {
     Passphrase {
         /// The environment variable's name.
         env_var: String,
+    },
+    /// Shares of a root key split by `kagi init --shares`, one share's text per file; at least
+    /// the threshold of them. (A server is given its shares one at a time instead: see
+    /// [`super::Unsealer`].)
+    Shares {
+        /// The files.
+        files: Vec<PathBuf>,
     },
 }
 
@@ -60,6 +67,11 @@ impl RootKey {
                 backend.fill_random(bytes.expose_secret_mut())?;
                 write_private(&data_dir.join(KEY_FILE), bytes.expose_secret())?;
                 AesKey::from_slice(bytes.expose_secret())?
+            }
+            RootKeySource::Shares { .. } => {
+                return Err(Error::internal(
+                    "a split root key is made by RootKey::create_split: this is a bug",
+                ));
             }
             RootKeySource::Passphrase { env_var } => {
                 let mut salt = [0u8; 16];
@@ -143,6 +155,9 @@ impl RootKey {
         source: &RootKeySource,
     ) -> Result<Self, Error> {
         let check = read_check(data_dir)?;
+        if let RootKeySource::Shares { files } = source {
+            return Self::from_share_files(backend, data_dir, files);
+        }
         if let Some(policy) = SharePolicy::read(data_dir)? {
             return Err(Error::validation(format!(
                 "the root key of {} is split into shares ({} of {} needed): unseal a `kagi \
@@ -166,6 +181,9 @@ impl RootKey {
                     Error::validation(format!("the root key {} is not 32 bytes", path.display()))
                 })?
             }
+            RootKeySource::Shares { .. } => {
+                return Err(Error::internal("shares are loaded above: this is a bug"));
+            }
             RootKeySource::Passphrase { env_var } => {
                 let path = data_dir.join(SALT_FILE);
                 let salt = fs::read(&path).map_err(|e| io_error(&path, &e))?;
@@ -180,6 +198,30 @@ impl RootKey {
             ))
         })?;
         Ok(root)
+    }
+
+    /// [`RootKey::from_shares`] with each share read from a file.
+    fn from_share_files(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        files: &[PathBuf],
+    ) -> Result<Self, Error> {
+        let mut given = Vec::with_capacity(files.len());
+        for path in files {
+            let text = fs::read(path).map_err(|e| {
+                Error::validation(format!("cannot read the share {}: {e}", path.display()))
+            })?;
+            let text = SecretBytes::new(text);
+            let parsed = std::str::from_utf8(text.expose_secret())
+                .map_err(|_| ShareError::Malformed)
+                .and_then(RootShare::parse)
+                .map_err(|e| Error::validation(format!("{}: {e}", path.display())))?;
+            given.push(parsed);
+        }
+        Self::from_shares(backend, data_dir, &given).map_err(|error| match error {
+            ShareError::Keystore(error) => error,
+            other => Error::validation(format!("cannot unseal {}: {other}", data_dir.display())),
+        })
     }
 
     /// Seals `plaintext` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
