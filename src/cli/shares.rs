@@ -113,8 +113,7 @@ pub(super) fn init(
     if let Some(dir) = &init.shares_dir {
         prepare_shares_dir(dir, shares)?;
     }
-    let split = Keystore::init_split(backend, data_dir, policy)
-        .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))?;
+    let split = Keystore::init_split(backend, data_dir, policy).map_err(super::keystore_error)?;
     let summary = format!(
         "initialised a keystore in {} whose root key is split into {shares} shares, any \
          {threshold} of which unseal it; no root.key is kept",
