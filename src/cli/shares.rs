@@ -154,7 +154,8 @@ pub(super) async fn unseal(data_dir: &Path, share_files: &[PathBuf]) -> Result<(
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 eprintln!("paste one share and press Enter:");
             }
-            let mut line = Zeroizing::new(String::new());
+            // Sized once, so the line is never moved to a bigger buffer (leaving a copy).
+            let mut line = Zeroizing::new(String::with_capacity(MAX_SHARE_TEXT + 1));
             std::io::stdin()
                 .lock()
                 .take(u64::try_from(MAX_SHARE_TEXT).unwrap_or(u64::MAX))
@@ -163,7 +164,7 @@ pub(super) async fn unseal(data_dir: &Path, share_files: &[PathBuf]) -> Result<(
             line
         }
         [path] => {
-            let mut text = Zeroizing::new(String::new());
+            let mut text = Zeroizing::new(String::with_capacity(MAX_SHARE_TEXT + 1));
             std::fs::File::open(path)
                 .and_then(|file| {
                     file.take(u64::try_from(MAX_SHARE_TEXT).unwrap_or(u64::MAX))

@@ -110,10 +110,17 @@ pub fn split(
         return Err(Error::EmptySecret);
     }
     // Coefficients 1..k of every byte's polynomial, byte after byte; coefficient 0 is the byte.
-    let degree = usize::from(k - 1);
-    let mut coefficients = SecretBytes::zeroed(secret.len() * degree);
+    // Each is uniform over all 256 values, 0 included: excluding 0 (as `sharks` does,
+    // RUSTSEC-2024-0398) lets k - 1 shares rule out values of the secret.
+    let mut coefficients = SecretBytes::zeroed(secret.len() * usize::from(k - 1));
     backend.fill_random(coefficients.expose_secret_mut()).map_err(|_| Error::Random)?;
-    let shares = (1..=n)
+    Ok(split_with(secret, n, k, &coefficients))
+}
+
+/// [`split`] with the coefficients given (`secret.len() × (k - 1)` bytes, byte after byte).
+fn split_with(secret: &[u8], n: u8, k: u8, coefficients: &SecretBytes) -> Vec<Share> {
+    let degree = usize::from(k - 1);
+    (1..=n)
         .map(|x| {
             let mut value = SecretBytes::zeroed(secret.len());
             for (index, (out, byte)) in value.expose_secret_mut().iter_mut().zip(secret).enumerate()
@@ -123,8 +130,7 @@ pub fn split(
             }
             Share { x, value }
         })
-        .collect();
-    Ok(shares)
+        .collect()
 }
 
 /// Interpolates `shares` at zero: the secret when they are at least `k` shares of one split.

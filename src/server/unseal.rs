@@ -2,8 +2,8 @@
 //! --shares`), `kagi serve` opens nothing until its shares come in, one per `kagi unseal`, on
 //! the Unix socket `DATA_DIR/unseal.sock` (mode 0600, removed once unsealed or at exit).
 //!
-//! The protocol, one exchange per connection: the client writes one share's text and a newline;
-//! the server answers one JSON line, [`Reply`]. Counting, checking and recombining the shares is
+//! The protocol, one exchange per connection: the client writes one share's text and a newline
+//! (or closes its side); the server answers one JSON line, [`Reply`], and closes. Counting, checking and recombining the shares is
 //! `keystore::Unsealer`; this file is the socket around it, and the client side
 //! ([`send_share`]) that `kagi unseal` calls.
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
@@ -120,12 +120,23 @@ async fn exchange(
     stream: UnixStream,
     unsealer: &mut Unsealer,
 ) -> std::io::Result<Option<RootKey>> {
-    let (read, mut write) = stream.into_split();
-    let mut line = Zeroizing::new(Vec::with_capacity(MAX_SHARE_TEXT));
-    // One more byte than a share may have, so an oversized line is seen as such.
-    let limit = u64::try_from(MAX_SHARE_TEXT + 1).unwrap_or(u64::MAX);
-    BufReader::new(read).take(limit).read_until(b'\n', &mut line).await?;
-    let text = std::str::from_utf8(&line).unwrap_or("");
+    let (mut read, mut write) = stream.into_split();
+    // Read straight into one wiped buffer (no reader buffer, no reallocation keeps a copy of the
+    // share), up to a newline or the end, one byte more than a share may have.
+    let mut buffer = Zeroizing::new(vec![0u8; MAX_SHARE_TEXT + 1]);
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let n = read.read(&mut buffer[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if buffer[filled - n..filled].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = buffer[..filled].split(|byte| *byte == b'\n').next().unwrap_or_default();
+    let text = std::str::from_utf8(line).unwrap_or("");
     let (reply, root) = match unsealer.submit(backend, text) {
         Ok(Progress::Need { have, threshold }) => {
             tracing::info!("unseal: share accepted, {have} of {threshold}");

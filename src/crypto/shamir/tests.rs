@@ -184,6 +184,40 @@ proptest! {
 }
 
 #[test]
+fn a_hand_computed_split() {
+    // Secret {53}, k = 2, coefficient {ca}: f(x) = {53} + {ca}•x. With FIPS-197's xtime,
+    // {ca}•{02} = {94} ⊕ {1b} = {8f} and {ca}•{03} = {8f} ⊕ {ca} = {45}, so the shares are
+    // f(1) = {99}, f(2) = {dc}, f(3) = {16}.
+    let shares = split_with(&[0x53], 3, 2, &SecretBytes::from_slice(&[0xca]));
+    let values: Vec<(u8, u8)> = shares.iter().map(|s| (s.x(), s.expose_secret()[0])).collect();
+    assert_eq!(values, [(1, 0x99), (2, 0xdc), (3, 0x16)]);
+    for pair in [[1, 2], [2, 3], [3, 1]] {
+        assert_eq!(combine(&pick(&shares, &pair)).expect("combine").expose_secret(), &[0x53]);
+    }
+}
+
+#[test]
+fn zero_coefficients_are_used_as_drawn() {
+    // RUSTSEC-2024-0398 (`sharks`): coefficients must range over all of GF(2⁸), 0 included. A
+    // polynomial whose coefficients are all 0 makes every share the secret itself.
+    let secret = [1u8, 2, 3, 4];
+    let shares = split_with(&secret, 4, 3, &SecretBytes::zeroed(secret.len() * 2));
+    assert!(shares.iter().all(|share| share.expose_secret() == secret));
+}
+
+#[test]
+fn drawn_coefficients_include_zero() {
+    // With k = 2, share 1's byte is the secret's byte plus its coefficient, so a zero
+    // coefficient shows as an equal byte. Over 8192 bytes a generator that never draws 0 (the
+    // flaw above) is caught, and an unbiased one draws none with probability (255/256)⁸¹⁹² ≈
+    // 1e-14.
+    let secret = vec![0x5au8; 8192];
+    let shares = split(backend(), &secret, 2, 2).expect("split");
+    let zeros = shares[0].expose_secret().iter().zip(&secret).filter(|(y, s)| y == s).count();
+    assert!(zeros > 0, "no zero coefficient in 8192 draws");
+}
+
+#[test]
 fn the_largest_split_recovers() {
     let secret = [0x42u8; 32];
     let shares = split(backend(), &secret, MAX_SHARES, MAX_SHARES).expect("split");
