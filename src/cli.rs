@@ -22,6 +22,7 @@ mod envelope;
 mod remote;
 mod report;
 mod serve;
+mod shares;
 
 use crate::audit::verify::{Filter, VerifyError};
 use crate::audit::{AuditConfig, FileSink, chain};
@@ -32,7 +33,7 @@ use crate::keystore::operations::{DataKeySize, EncryptionAlgorithm, MessageType}
 use crate::keystore::store;
 use crate::keystore::{
     self, CreateKeyRequest, EncryptionContext, ImportRequest, ImportType, KeyMetadata, KeySpec,
-    KeyUsage, Keystore, OpContext, Origin, Partition, RootKeySource, WrappingAlgorithm,
+    KeyUsage, Keystore, OpContext, Origin, Partition, RootKey, RootKeySource, WrappingAlgorithm,
 };
 
 /// kagi: a managed keystore modelled on AWS KMS, and a TLS-terminating reverse proxy.
@@ -46,6 +47,10 @@ pub struct Args {
     /// of the root.key file.
     #[arg(long, global = true, env = "KAGI_ROOT_PASSPHRASE_ENV")]
     pub root_passphrase_env: Option<String>,
+    /// A file holding one share of a root key split by `kagi init --shares`: repeated K times
+    /// for a command that opens the keystore, once for `kagi unseal`.
+    #[arg(long = "share-file", global = true)]
+    pub share_files: Vec<PathBuf>,
     /// The crypto backend: aws-lc (default) or rustcrypto.
     #[arg(long, global = true, default_value = "aws-lc")]
     pub backend: String,
@@ -69,8 +74,13 @@ pub enum Output {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Creates a keystore (root key and database) in the data directory.
-    Init,
+    /// Creates a keystore (root key and database) in the data directory; with --shares and
+    /// --threshold, the root key is split into shares (any K of N unseal it) and not kept.
+    Init(shares::InitArgs),
+    /// Gives a sealed `kagi serve` (one started on a data directory made with `kagi init
+    /// --shares`) one share, from --share-file or one line of stdin; prints the progress
+    /// (`1 of 2 shares`) or `unsealed`.
+    Unseal,
     /// Runs the real thing on a fresh checkout: a keystore and a localhost certificate (key in
     /// the keystore) in ./kagi-demo, a sample backend, and `kagi serve` proxying to it, with the
     /// commands to try.
@@ -617,16 +627,20 @@ async fn dispatch(args: Args) -> Result<(), Error> {
             )
         })?
         .backend();
-    let root_source = match &args.root_passphrase_env {
-        Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
-        None => RootKeySource::File,
-    };
     match &args.command {
-        Command::Init => {
+        Command::Init(init) if init.shares.is_some() => {
+            return shares::init(backend, &args.data_dir, args.root_passphrase_env.as_ref(), init);
+        }
+        Command::Init(_) => {
+            let root_source = match &args.root_passphrase_env {
+                Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
+                None => RootKeySource::File,
+            };
             Keystore::init(backend, &args.data_dir, &root_source).map_err(keystore_error)?;
             println!("initialised a keystore in {}", args.data_dir.display());
             return Ok(());
         }
+        Command::Unseal => return shares::unseal(&args.data_dir, &args.share_files).await,
         Command::Tour => return tour(backend).await,
         Command::SampleBackend { listen, ready_file } => {
             return sample_backend(*listen, ready_file.as_deref()).await;
@@ -665,10 +679,13 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         }
         remote::Access::Direct(lock) => lock,
     };
+    let root_source =
+        shares::root_source(&args.data_dir, args.root_passphrase_env.as_ref(), &args.share_files)?;
     let keystore = open(backend, &args.data_dir, &root_source)?;
     let ctx = cli_context(&keystore)?;
     match args.command {
-        Command::Init
+        Command::Init(_)
+        | Command::Unseal
         | Command::Demo(_)
         | Command::Tour
         | Command::SampleBackend { .. }
@@ -1338,13 +1355,19 @@ fn open(
     data_dir: &Path,
     root_source: &RootKeySource,
 ) -> Result<Keystore, Error> {
-    keystore_with_partition(
-        backend,
-        data_dir,
-        root_source,
-        Partition::default(),
-        &AuditConfig::default(),
-    )
+    let root = load_root(backend, data_dir, root_source)?;
+    keystore_with_partition(backend, data_dir, root, Partition::default(), &AuditConfig::default())
+}
+
+/// Loads the root key of `data_dir` from `root_source` and checks it against `root.check`.
+fn load_root(
+    backend: &'static dyn crate::crypto::CryptoBackend,
+    data_dir: &Path,
+    root_source: &RootKeySource,
+) -> Result<RootKey, Error> {
+    shares::require_shares(data_dir, root_source)?;
+    RootKey::load(backend, data_dir, root_source)
+        .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
 }
 
 /// The command's clock: the system's, or `KAGI_FAKE_NOW`.
@@ -1361,25 +1384,16 @@ fn clock() -> Result<Arc<dyn Clock>, Error> {
     }
 }
 
-/// Opens the keystore in `data_dir` with its audit trail as `audit` says, ARNs in `partition`.
+/// Opens the keystore in `data_dir` under `root` (loaded and checked by [`load_root`], or
+/// rebuilt from shares), with its audit trail as `audit` says, ARNs in `partition`.
 fn keystore_with_partition(
     backend: &'static dyn crate::crypto::CryptoBackend,
     data_dir: &Path,
-    root_source: &RootKeySource,
+    root: RootKey,
     partition: Partition,
     audit: &AuditConfig,
 ) -> Result<Keystore, Error> {
     let clock = clock()?;
-    if !data_dir.join("root.check").exists() {
-        return Err(Error::new(
-            exit_code::STORAGE,
-            format!(
-                "{} holds no keystore: run `kagi init --data-dir {}` first",
-                data_dir.display(),
-                data_dir.display()
-            ),
-        ));
-    }
     if let Ok(database) = std::fs::read_to_string(data_dir.join(SHARED_STORE_MARKER)) {
         return Err(Error::new(
             exit_code::STORAGE,
@@ -1391,13 +1405,13 @@ fn keystore_with_partition(
             ),
         ));
     }
-    // Checked before the audit trail is opened, so a directory without a keystore gets no
-    // trail created in it.
+    // The root key is checked before the audit trail is opened, so a directory without a
+    // keystore (or opened with the wrong key) gets no trail created in it.
     let audit = Arc::new(
         FileSink::open(data_dir, audit, backend)
             .map_err(|e| Error::new(exit_code::STORAGE, e.to_string()))?,
     );
-    Keystore::open(backend, data_dir, root_source, clock, audit, partition)
+    Keystore::open_with_root(backend, data_dir, root, clock, audit, partition)
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))
 }
 
@@ -1410,29 +1424,21 @@ const SHARED_STORE_MARKER: &str = "store.shared";
 async fn keystore_for_server(
     backend: &'static dyn crate::crypto::CryptoBackend,
     data_dir: &Path,
-    root_source: &RootKeySource,
+    root: RootKey,
     store: &store::StoreSettings,
     partition: Partition,
     audit: &AuditConfig,
 ) -> Result<Keystore, Error> {
     let store::StoreSettings::Postgres(settings) = store else {
-        return keystore_with_partition(backend, data_dir, root_source, partition, audit);
+        return keystore_with_partition(backend, data_dir, root, partition, audit);
     };
     let storage = |message: String| Error::new(exit_code::STORAGE, message);
-    if !data_dir.join("root.check").exists() {
-        return Err(storage(format!(
-            "{} holds no root key: copy root.key and root.check from another node of the \
-             cluster (every node needs the same root key), or start on an empty directory to \
-             make a new one",
-            data_dir.display()
-        )));
-    }
     let clock = clock()?;
     let audit =
         Arc::new(FileSink::open(data_dir, audit, backend).map_err(|e| storage(e.to_string()))?);
     let shared = store.open(data_dir).await.map_err(|e| storage(e.to_string()))?;
     let keystore =
-        Keystore::open_with_store(backend, data_dir, root_source, shared, clock, audit, partition)
+        Keystore::open_with_store(backend, data_dir, root, shared, clock, audit, partition)
             .await
             .map_err(|error| storage(error.message().to_owned()))?;
     let marker = store::redact_url(&settings.url);

@@ -16,7 +16,6 @@ use clap::Args as ClapArgs;
 use super::remote::{self, Access};
 use crate::config::Config;
 use crate::error::{Error, exit_code};
-use crate::keystore::RootKeySource;
 use crate::tls::CertStore;
 
 /// `kagi check-config`.
@@ -99,11 +98,12 @@ fn check_keys(
     store: &CertStore,
     certificates: &[(String, String)],
 ) -> Result<String, String> {
-    let root_source =
-        match config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()) {
-            Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
-            None => RootKeySource::File,
-        };
+    let root_source = super::shares::root_source(
+        &config.data_dir,
+        config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()),
+        &args.share_files,
+    )
+    .map_err(|e| format!("the keystore: {e}"))?;
     let keystore = super::open(config.backend.backend(), &config.data_dir, &root_source)
         .map_err(|e| format!("the keystore: {e}"))?;
     let keystore = Arc::new(keystore);

@@ -102,6 +102,17 @@ pub(super) fn access(data_dir: &Path) -> Result<Access, Error> {
         Err(TryLockError::WouldBlock) => {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let info: ServerInfo = serde_json::from_str(&text).map_err(|_| {
+                if data_dir.join(crate::server::unseal::SOCKET_FILE).exists() {
+                    return Error::new(
+                        exit_code::STORAGE,
+                        format!(
+                            "the server holding {} is sealed: give it its shares with `kagi \
+                             unseal --data-dir {}`",
+                            data_dir.display(),
+                            data_dir.display()
+                        ),
+                    );
+                }
                 Error::new(
                     exit_code::STORAGE,
                     format!(

@@ -1,5 +1,6 @@
 //! `kagi serve`: load the configuration, open (or on first run create) the keystore, serve
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM. A keystore whose root key is split into shares starts sealed and
+//! waits for `kagi unseal` (`server::unseal`) before it opens anything else.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,11 +8,12 @@ use std::sync::Arc;
 use clap::Args as ClapArgs;
 
 use super::remote::{ServerInfo, ServerLock};
-use super::{Args, keystore_for_server};
+use super::{Args, keystore_for_server, load_root};
 use crate::config::Config;
 use crate::error::{Error, exit_code};
 use crate::keystore::store::StoreSettings;
-use crate::keystore::{Keystore, RootKey, RootKeySource};
+use crate::keystore::{Keystore, RootKey, RootKeySource, SharePolicy};
+use crate::server::unseal::await_unseal;
 use crate::server::{Ready, ServeError, write_atomically};
 
 /// `kagi serve`.
@@ -51,11 +53,11 @@ pub(super) fn run_config(
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let root_source =
-        match config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()) {
-            Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
-            None => RootKeySource::File,
-        };
+    let root_source = super::shares::root_source(
+        &config.data_dir,
+        config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()),
+        &args.share_files,
+    )?;
     let backend_kind = config.backend.backend();
     let fresh = std::fs::read_dir(&config.data_dir).map_or(true, |mut dir| dir.next().is_none());
     if fresh {
@@ -83,11 +85,32 @@ pub(super) fn run_config(
                 .map_err(|e| Error::new(exit_code::FAILURE, e.to_string()))?;
             tokio::spawn(crate::demo::sample_backend(listener));
         }
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let root = match &root_source {
+            // A split root key and no share files: start sealed, as Vault does.
+            RootKeySource::Shares { files } if files.is_empty() => {
+                let policy = SharePolicy::read(&config.data_dir)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Error::new(exit_code::STORAGE, "root.shares went away"))?;
+                let unsealed =
+                    await_unseal(backend_kind, &config.data_dir, policy, shutdown.as_mut())
+                        .await
+                        .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))?;
+                match unsealed {
+                    Some(root) => root,
+                    // SIGTERM or SIGINT while sealed: nothing was opened.
+                    None => return Ok(()),
+                }
+            }
+            source => load_root(backend_kind, &config.data_dir, source)?,
+        };
         let keystore = Arc::new(
             keystore_for_server(
                 backend_kind,
                 &config.data_dir,
-                &root_source,
+                root,
                 &config.store,
                 config.partition.clone(),
                 &config.audit,
@@ -111,7 +134,7 @@ pub(super) fn run_config(
             }
             Ok(())
         };
-        crate::server::serve(config, config_path, keystore, on_ready, shutdown_signal())
+        crate::server::serve(config, config_path, keystore, on_ready, shutdown)
             .await
             .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))
     })

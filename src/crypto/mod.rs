@@ -34,6 +34,7 @@
 mod awslc;
 mod rustcrypto;
 pub mod secret;
+pub mod shamir;
 mod spec;
 
 use std::fmt;

@@ -36,6 +36,7 @@ pub mod observe;
 pub mod operations;
 mod root;
 pub mod rotation;
+pub mod shares;
 pub mod store;
 mod trail;
 
@@ -59,6 +60,7 @@ pub use operations::{
 };
 pub use root::{RootKey, RootKeySource};
 pub use rotation::{IncludeKeyMaterial, RotationEntry, RotationStatus, SweepReport};
+pub use shares::{RootShare, ShareError, SharePolicy, Unsealer};
 
 use crate::audit::AuditSink;
 use crate::crypto::{AesKey, CryptoBackend, PrivateKey, PublicKey, SecretBytes};
@@ -267,6 +269,22 @@ impl Keystore {
         partition: Partition,
     ) -> Result<Self, Error> {
         let root = RootKey::load(backend, data_dir, root_source)?;
+        Self::open_with_root(backend, data_dir, root, clock, audit, partition)
+    }
+
+    /// Opens the keystore in `data_dir` with its root key already loaded and checked (rebuilt
+    /// from shares by [`RootKey::from_shares`], say).
+    ///
+    /// # Errors
+    /// When the database cannot be opened or is from a newer kagi.
+    pub fn open_with_root(
+        backend: &'static dyn CryptoBackend,
+        data_dir: &Path,
+        root: RootKey,
+        clock: Arc<dyn Clock>,
+        audit: Arc<dyn AuditSink>,
+        partition: Partition,
+    ) -> Result<Self, Error> {
         let store = store::SqliteStore::open(&data_dir.join("keystore.db"))?;
         Ok(Self::with_store(backend, Arc::new(store), root, clock, audit, partition))
     }
@@ -281,13 +299,12 @@ impl Keystore {
     pub async fn open_with_store(
         backend: &'static dyn CryptoBackend,
         data_dir: &Path,
-        root_source: &RootKeySource,
+        root: RootKey,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         audit: Arc<dyn AuditSink>,
         partition: Partition,
     ) -> Result<Self, Error> {
-        let root = RootKey::load(backend, data_dir, root_source)?;
         let recorded = store.init_meta("root_check", RootKey::check_value(data_dir)?).await?;
         if !root.opens_check(backend, &recorded) {
             return Err(Error::validation(format!(
@@ -312,6 +329,24 @@ impl Keystore {
         RootKey::create(backend, data_dir, root_source)?;
         store::SqliteStore::open(&data_dir.join("keystore.db"))?;
         Ok(())
+    }
+
+    /// Creates a new keystore in `data_dir` whose root key is split as `policy` says; returns
+    /// the shares (see [`RootKey::create_split`]).
+    ///
+    /// # Security
+    /// The shares are the only way to the root key: hand each to its holder once.
+    ///
+    /// # Errors
+    /// When `data_dir` already holds a keystore or cannot be written.
+    pub fn init_split(
+        backend: &'static dyn CryptoBackend,
+        data_dir: &Path,
+        policy: SharePolicy,
+    ) -> Result<Vec<RootShare>, Error> {
+        let (_root, shares) = RootKey::create_split(backend, data_dir, policy)?;
+        store::SqliteStore::open(&data_dir.join("keystore.db"))?;
+        Ok(shares)
     }
 
     /// A keystore over any store (PostgreSQL later, in-memory SQLite in tests).

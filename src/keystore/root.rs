@@ -1,18 +1,21 @@
 //! The root key: seals every version of key material at rest.
 //!
-//! It is a 32-byte file `root.key` (mode 0600) made by `kagi init`, or is derived with
-//! Argon2id from a passphrase in an environment variable and a random salt kept in
-//! `root.salt`. A check value sealed under it (`root.check`) proves at start that the key is the
+//! It is a 32-byte file `root.key` (mode 0600) made by `kagi init` (the default), or is derived
+//! with Argon2id from a passphrase in an environment variable and a random salt kept in
+//! `root.salt`, or is split into shares held by different people (`kagi init --shares N
+//! --threshold K`: `shares.rs`), rebuilt from K of them at start and kept nowhere on disk. A check value sealed under it (`root.check`) proves at start that the key is the
 //! one the data directory was made with: a wrong or missing root key is a clear error, never a
 //! silent new keystore.
 
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::{AesKey, CryptoBackend, NONCE_LEN, SecretBytes, TAG_LEN};
 
 use super::error::Error;
+use super::shares::{self, RootShare, SetId, ShareError, SharePolicy};
+use crate::crypto::shamir;
 
 const KEY_FILE: &str = "root.key";
 const SALT_FILE: &str = "root.salt";
@@ -28,6 +31,13 @@ pub enum RootKeySource {
     Passphrase {
         /// The environment variable's name.
         env_var: String,
+    },
+    /// Shares of a root key split by `kagi init --shares`, one share's text per file; at least
+    /// the threshold of them. (A server is given its shares one at a time instead: see
+    /// [`super::Unsealer`].)
+    Shares {
+        /// The files.
+        files: Vec<PathBuf>,
     },
 }
 
@@ -50,19 +60,18 @@ impl RootKey {
         data_dir: &Path,
         source: &RootKeySource,
     ) -> Result<Self, Error> {
-        if data_dir.join(CHECK_FILE).exists() {
-            return Err(Error::validation(format!(
-                "{} already holds a keystore (root.check exists)",
-                data_dir.display()
-            )));
-        }
-        fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, &e))?;
+        refuse_existing(data_dir)?;
         let key = match source {
             RootKeySource::File => {
                 let mut bytes = SecretBytes::zeroed(AesKey::LEN);
                 backend.fill_random(bytes.expose_secret_mut())?;
                 write_private(&data_dir.join(KEY_FILE), bytes.expose_secret())?;
                 AesKey::from_slice(bytes.expose_secret())?
+            }
+            RootKeySource::Shares { .. } => {
+                return Err(Error::internal(
+                    "a split root key is made by RootKey::create_split: this is a bug",
+                ));
             }
             RootKeySource::Passphrase { env_var } => {
                 let mut salt = [0u8; 16];
@@ -72,10 +81,67 @@ impl RootKey {
             }
         };
         let root = Self { key };
-        let mut nonce = [0u8; NONCE_LEN];
-        backend.fill_random(&mut nonce)?;
-        let sealed = root.seal_with_nonce(backend, &nonce, CHECK_AAD, b"kagi")?;
-        write_private(&data_dir.join(CHECK_FILE), &sealed)?;
+        root.write_check(backend, data_dir)?;
+        Ok(root)
+    }
+
+    /// Creates a new root key in `data_dir` split into `policy.shares()` shares, any
+    /// `policy.threshold()` of which rebuild it. The key itself is written nowhere: only its
+    /// check value and the policy (`root.shares`).
+    ///
+    /// # Security
+    /// The shares returned are the only way to the key: hand each to its holder once.
+    ///
+    /// # Errors
+    /// When the directory already has a root key, or files cannot be written.
+    pub fn create_split(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        policy: SharePolicy,
+    ) -> Result<(Self, Vec<RootShare>), Error> {
+        refuse_existing(data_dir)?;
+        let mut bytes = SecretBytes::zeroed(AesKey::LEN);
+        backend.fill_random(bytes.expose_secret_mut())?;
+        let split =
+            shamir::split(backend, bytes.expose_secret(), policy.shares(), policy.threshold())
+                .map_err(|error| Error::validation(error.to_string()))?;
+        let root = Self { key: AesKey::from_slice(bytes.expose_secret())? };
+        drop(bytes);
+        let set: SetId = policy.set();
+        let split: Vec<RootShare> =
+            split.into_iter().map(|share| RootShare::new(set, share)).collect();
+        // The policy first: a directory with root.check and no root.shares would look like a
+        // keystore whose root.key is missing.
+        policy.write(data_dir)?;
+        root.write_check(backend, data_dir)?;
+        Ok((root, split))
+    }
+
+    /// Rebuilds the root key of `data_dir` from shares and proves it is the right one.
+    ///
+    /// # Errors
+    /// [`ShareError::TooFew`], a refusal of one share (another keystore's, out of range, given
+    /// twice), [`ShareError::WrongShares`] when they do not rebuild the key that opens
+    /// `root.check`; [`ShareError::Keystore`] when the directory holds no keystore or its root
+    /// key is not split.
+    pub fn from_shares(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        given: &[RootShare],
+    ) -> Result<Self, ShareError> {
+        let check = read_check(data_dir)?;
+        let policy = SharePolicy::read(data_dir)?.ok_or_else(|| {
+            Error::validation(format!(
+                "the root key of {} is not split into shares",
+                data_dir.display()
+            ))
+        })?;
+        shares::admit_all(&policy, given)?;
+        let bytes = shares::combine(given)?;
+        let key = AesKey::from_slice(bytes.expose_secret()).map_err(|_| ShareError::WrongShares)?;
+        drop(bytes);
+        let root = Self { key };
+        root.unseal(backend, CHECK_AAD, &check).map_err(|_| ShareError::WrongShares)?;
         Ok(root)
     }
 
@@ -88,18 +154,20 @@ impl RootKey {
         data_dir: &Path,
         source: &RootKeySource,
     ) -> Result<Self, Error> {
-        let check_path = data_dir.join(CHECK_FILE);
-        let check = fs::read(&check_path).map_err(|error| {
-            if error.kind() == std::io::ErrorKind::NotFound {
-                Error::validation(format!(
-                    "{} holds no keystore: run `kagi init --data-dir {}` first",
-                    data_dir.display(),
-                    data_dir.display()
-                ))
-            } else {
-                io_error(&check_path, &error)
-            }
-        })?;
+        let check = read_check(data_dir)?;
+        if let RootKeySource::Shares { files } = source {
+            return Self::from_share_files(backend, data_dir, files);
+        }
+        if let Some(policy) = SharePolicy::read(data_dir)? {
+            return Err(Error::validation(format!(
+                "the root key of {} is split into shares ({} of {} needed): unseal a `kagi \
+                 serve` with `kagi unseal`, or give a command --share-file {} times",
+                data_dir.display(),
+                policy.threshold(),
+                policy.shares(),
+                policy.threshold()
+            )));
+        }
         let key = match source {
             RootKeySource::File => {
                 let path = data_dir.join(KEY_FILE);
@@ -112,6 +180,9 @@ impl RootKey {
                 AesKey::from_slice(bytes.expose_secret()).map_err(|_| {
                     Error::validation(format!("the root key {} is not 32 bytes", path.display()))
                 })?
+            }
+            RootKeySource::Shares { .. } => {
+                return Err(Error::internal("shares are loaded above: this is a bug"));
             }
             RootKeySource::Passphrase { env_var } => {
                 let path = data_dir.join(SALT_FILE);
@@ -165,6 +236,30 @@ impl RootKey {
         Ok(out)
     }
 
+    /// [`RootKey::from_shares`] with each share read from a file.
+    fn from_share_files(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        files: &[PathBuf],
+    ) -> Result<Self, Error> {
+        let mut given = Vec::with_capacity(files.len());
+        for path in files {
+            let text = fs::read(path).map_err(|e| {
+                Error::validation(format!("cannot read the share {}: {e}", path.display()))
+            })?;
+            let text = SecretBytes::new(text);
+            let parsed = std::str::from_utf8(text.expose_secret())
+                .map_err(|_| ShareError::Malformed)
+                .and_then(RootShare::parse)
+                .map_err(|e| Error::validation(format!("{}: {e}", path.display())))?;
+            given.push(parsed);
+        }
+        Self::from_shares(backend, data_dir, &given).map_err(|error| match error {
+            ShareError::Keystore(error) => error,
+            other => Error::validation(format!("cannot unseal {}: {other}", data_dir.display())),
+        })
+    }
+
     /// Seals `plaintext` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
     ///
     /// # Errors
@@ -178,6 +273,14 @@ impl RootKey {
         let mut nonce = [0u8; NONCE_LEN];
         backend.fill_random(&mut nonce)?;
         self.seal_with_nonce(backend, &nonce, aad, plaintext)
+    }
+
+    /// Writes `root.check`: a fixed value sealed under this key.
+    fn write_check(&self, backend: &dyn CryptoBackend, data_dir: &Path) -> Result<(), Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        backend.fill_random(&mut nonce)?;
+        let sealed = self.seal_with_nonce(backend, &nonce, CHECK_AAD, b"kagi")?;
+        write_private(&data_dir.join(CHECK_FILE), &sealed)
     }
 
     fn seal_with_nonce(
@@ -240,6 +343,35 @@ impl RootKey {
     }
 }
 
+/// Refuses a directory that already holds a root key (or a split one); creates it otherwise.
+fn refuse_existing(data_dir: &Path) -> Result<(), Error> {
+    for file in [CHECK_FILE, shares::SHARES_FILE] {
+        if data_dir.join(file).exists() {
+            return Err(Error::validation(format!(
+                "{} already holds a keystore ({file} exists)",
+                data_dir.display()
+            )));
+        }
+    }
+    fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, &e))
+}
+
+/// The check value of `data_dir`.
+fn read_check(data_dir: &Path) -> Result<Vec<u8>, Error> {
+    let check_path = data_dir.join(CHECK_FILE);
+    fs::read(&check_path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            Error::validation(format!(
+                "{} holds no keystore: run `kagi init --data-dir {}` first",
+                data_dir.display(),
+                data_dir.display()
+            ))
+        } else {
+            io_error(&check_path, &error)
+        }
+    })
+}
+
 fn derive(env_var: &str, salt: &[u8]) -> Result<AesKey, Error> {
     let passphrase = SecretBytes::new(
         std::env::var(env_var)
@@ -261,7 +393,7 @@ fn derive(env_var: &str, salt: &[u8]) -> Result<AesKey, Error> {
     Ok(AesKey::from_slice(out.expose_secret())?)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -274,6 +406,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     file.sync_all().map_err(|e| io_error(path, &e))
 }
 
-fn io_error(path: &Path, error: &std::io::Error) -> Error {
+pub(super) fn io_error(path: &Path, error: &std::io::Error) -> Error {
     Error::internal(format!("{}: {error}", path.display()))
 }

@@ -63,6 +63,11 @@ mod proxy;
 // serve`, both ways and both suites; tampered and truncated messages refused with no output.
 mod envelope;
 
+// A root key split into shares: `kagi init --shares`, a sealed `kagi serve` opened by `kagi
+// unseal`, refusals of bad, foreign and wrong shares, `--share-file` for direct commands.
+#[cfg(unix)]
+mod unseal;
+
 // Envelope routes of the proxy in front of a real object store: ciphertext at rest, plaintext
 // to clients, context binding, tampering, rotation, disabled keys, JSON fields, the Python SDK.
 mod envelope_proxy;

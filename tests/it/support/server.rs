@@ -99,7 +99,25 @@ impl Server {
         ready["listeners"][name].as_str().expect("listener").parse().expect("address")
     }
 
+    /// Starts a server on `data_dir` without waiting for it to listen: a sealed start, which
+    /// waits for `kagi unseal` first. [`Server::wait_until_ready`] then waits for it.
+    pub(crate) fn spawn_on(data_dir: &Path, principals: &[TestPrincipal]) -> Self {
+        Self::spawn(Some(data_dir), principals, "", "", "")
+    }
+
     fn launch(
+        data_dir: Option<&Path>,
+        principals: &[TestPrincipal],
+        quotas: &str,
+        api: &str,
+        extra: &str,
+    ) -> Self {
+        let mut server = Self::spawn(data_dir, principals, quotas, api, extra);
+        server.wait_until_ready();
+        server
+    }
+
+    fn spawn(
         data_dir: Option<&Path>,
         principals: &[TestPrincipal],
         quotas: &str,
@@ -130,7 +148,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn kagi serve");
-        let mut server = Self {
+        Self {
             child,
             dir,
             data_dir,
@@ -140,9 +158,23 @@ impl Server {
                 ca_bundle: PathBuf::new(),
             },
             principals: principals.to_vec(),
-        };
-        server.ready = server.wait_ready(&ready_file);
-        server
+        }
+    }
+
+    /// Whether the server has written its ready file (it listens).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.dir.path().join("ready.json").exists()
+    }
+
+    /// Whether the server process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits until the server listens, and reads its addresses.
+    pub(crate) fn wait_until_ready(&mut self) {
+        let ready_file = self.dir.path().join("ready.json");
+        self.ready = self.wait_ready(&ready_file);
     }
 
     /// Polls for the ready file (written atomically once both listeners are up); fails early if
