@@ -1021,7 +1021,8 @@ impl Keystore {
         Ok(bytes)
     }
 
-    fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
+    /// The associated data sealing version `version` of `key_id` under the root key.
+    pub(crate) fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
         let mut aad = b"kagi key material v1\0".to_vec();
         aad.extend_from_slice(key_id.as_bytes());
         aad.push(0);
