@@ -26,7 +26,9 @@
 //!    (`sealed` is the material sealed under the root key, empty once destroyed), then
 //!    `{"alias":{"name":…,"key_id":…,"created":…,"updated":…}}`, then
 //!    `{"import_token":{"token_id":…,"key_id":…,"wrapping_algorithm":…,"wrapping_spec":…,
-//!    "sealed":B64,"expires":…}}`.
+//!    "sealed":B64,"expires":…}}`, then `{"certificate":{"meta":CERT_META,"chain":[B64_DER,…]}}`
+//!    for each certificate of `DATA_DIR/certs` (public chains naming their keystore key; read
+//!    before the snapshot, so the keys they name are in it).
 //! 3. The trailer: `{"sha256":HEX}`, the SHA-256 of every byte before it. Nothing follows.
 //!
 //! The checksum finds damage and truncation; it is no signature (it has no secret). A changed
@@ -62,6 +64,8 @@ use crate::keystore::key::{AliasRecord, ImportTokenRecord, KeyRecord, KeyState, 
 use crate::keystore::operations::{EncryptionAlgorithm, MessageType};
 use crate::keystore::store::{SqliteStore, Store, StoreError, StoreSnapshot};
 use crate::keystore::{EncryptionContext, KeyUsage, Keystore, OpContext, Partition, RootKey};
+use crate::tls::{CertMeta, CertStore, StoredCert};
+use rustls::pki_types::CertificateDer;
 
 /// The `format` of a backup's header.
 pub const FORMAT: &str = "kagi-backup";
@@ -117,6 +121,9 @@ pub enum BackupError {
         /// What failed.
         message: String,
     },
+    /// The certificates of the data directory could not be read or written.
+    #[error("certificates: {0}")]
+    Certificates(String),
     /// The audit trail could not record the restore (nothing was restored then).
     #[error("{0}")]
     Audit(#[from] crate::audit::AuditError),
@@ -149,6 +156,9 @@ pub struct Counts {
     pub aliases: usize,
     /// Import tokens (GetParametersForImport).
     pub import_tokens: usize,
+    /// TLS certificates of the data directory (chains and the keystore key of each).
+    #[serde(default)]
+    pub certificates: usize,
 }
 
 impl Counts {
@@ -159,6 +169,7 @@ impl Counts {
             versions: snapshot.versions.len(),
             aliases: snapshot.aliases.len(),
             import_tokens: snapshot.import_tokens.len(),
+            certificates: 0,
         }
     }
 }
@@ -207,6 +218,15 @@ pub struct Backup {
     pub header: Header,
     /// The records, sealed material included.
     pub snapshot: StoreSnapshot,
+    /// The certificates of the data directory.
+    pub certificates: Vec<StoredCert>,
+}
+
+impl Backup {
+    /// How many records of each kind it holds.
+    pub fn counts(&self) -> Counts {
+        Counts { certificates: self.certificates.len(), ..Counts::of(&self.snapshot) }
+    }
 }
 
 /// One record line.
@@ -233,6 +253,10 @@ enum Line {
         sealed: String,
         expires: i64,
     },
+    Certificate {
+        meta: CertMeta,
+        chain: Vec<String>,
+    },
 }
 
 /// The last line.
@@ -257,6 +281,8 @@ pub struct Source<'a> {
     pub audit_dir: Option<&'a Path>,
     /// The ARN partition.
     pub partition: &'a Partition,
+    /// Whether to copy the data directory's TLS certificates.
+    pub certificates: bool,
 }
 
 /// Opens the store of `data_dir`: its SQLite database, created when `create` is set.
@@ -288,6 +314,15 @@ pub async fn take(source: &Source<'_>, now: i64) -> Result<Backup, BackupError> 
     let root_check = RootKey::stored_check(source.data_dir)
         .map_err(|error| BackupError::NoKeystore(error.message().to_owned()))?;
     let root_salt = RootKey::stored_salt(source.data_dir)?;
+    // Before the snapshot: a certificate is written after its key is committed, and a key's
+    // record is never removed, so every key a certificate names is in the snapshot.
+    let certificates = if source.certificates {
+        CertStore::new(source.data_dir)
+            .list()
+            .map_err(|e| BackupError::Certificates(e.to_string()))?
+    } else {
+        Vec::new()
+    };
     let snapshot = source.store.snapshot().await?;
     // Read after the snapshot: every change it holds was audited before it committed.
     let audit_head = source.audit_dir.and_then(read_head);
@@ -303,10 +338,10 @@ pub async fn take(source: &Source<'_>, now: i64) -> Result<Backup, BackupError> 
             region: source.partition.region.clone(),
             account: source.partition.account.clone(),
         },
-        counts: Counts::of(&snapshot),
+        counts: Counts { certificates: certificates.len(), ..Counts::of(&snapshot) },
         audit_head,
     };
-    Ok(Backup { header, snapshot })
+    Ok(Backup { header, snapshot, certificates })
 }
 
 /// The chain head of the trail in `dir`. The server rewrites `head.json` in place, so a read
@@ -322,7 +357,7 @@ fn read_head(dir: &Path) -> Option<ChainHead> {
 /// # Errors
 /// Only when a record does not serialize (a bug).
 pub fn encode(backup: &Backup) -> Result<Vec<u8>, BackupError> {
-    let Backup { header, snapshot } = backup;
+    let Backup { header, snapshot, certificates } = backup;
     let StoreSnapshot { keys, versions, aliases, import_tokens } = snapshot;
     let mut out = Vec::new();
     push_line(&mut out, header)?;
@@ -371,6 +406,10 @@ pub fn encode(backup: &Backup) -> Result<Vec<u8>, BackupError> {
             },
         )?;
     }
+    for StoredCert { meta, chain } in certificates {
+        let chain = chain.iter().map(|der| BASE64.encode(der)).collect();
+        push_line(&mut out, &Line::Certificate { meta: meta.clone(), chain })?;
+    }
     let checksum = hex::encode(Sha256::digest(&out));
     push_line(&mut out, &Trailer { sha256: checksum })?;
     Ok(out)
@@ -414,6 +453,7 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
     let header_line = lines.next().unwrap_or_default();
     let header = parse_header(header_line)?;
     let mut snapshot = StoreSnapshot::default();
+    let mut certificates = Vec::new();
     for (index, line) in lines.enumerate() {
         let number = index + 2;
         let record: Line = serde_json::from_slice(line).map_err(|e| {
@@ -452,20 +492,45 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
                     expires,
                 });
             }
+            Line::Certificate { meta, chain } => {
+                let chain = chain
+                    .into_iter()
+                    .map(|der| BASE64.decode(der).map(CertificateDer::from))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| {
+                        BackupError::Corrupt(format!("line {number}: a certificate is not base64"))
+                    })?;
+                certificates.push(StoredCert { meta, chain });
+            }
         }
     }
-    let counts = Counts::of(&snapshot);
+    let backup = Backup { header, snapshot, certificates };
+    let counts = backup.counts();
+    let header = &backup.header;
     if counts != header.counts {
         return Err(BackupError::Inconsistent(format!(
             "the header counts {:?} but the file holds {:?}",
             header.counts, counts
         )));
     }
-    let problems = check_consistency(&snapshot);
+    let mut problems = check_consistency(&backup.snapshot);
+    let key_ids: BTreeSet<&str> = backup.snapshot.keys.iter().map(|k| k.id.as_str()).collect();
+    let mut names = BTreeSet::new();
+    for StoredCert { meta, .. } in &backup.certificates {
+        if !names.insert(meta.name.as_str()) {
+            problems.push(format!("certificate {} appears twice", meta.name));
+        }
+        if !key_ids.contains(meta.key_id.as_str()) {
+            problems.push(format!(
+                "certificate {} names key {}, which is not there",
+                meta.name, meta.key_id
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(BackupError::Inconsistent(summary(&problems)));
     }
-    Ok(Backup { header, snapshot })
+    Ok(backup)
 }
 
 fn parse_header(line: &[u8]) -> Result<Header, BackupError> {
@@ -696,7 +761,8 @@ pub fn check_sealed(
 
 /// Restores `backup` into `store`, which must hold no key: checks the root key and every
 /// sealed version first ([`check_sealed`]), audits the restore on `audit` (before it commits,
-/// and its failure if the commit fails), then writes everything in one transaction.
+/// and its failure if the commit fails), then writes everything in one transaction. The
+/// certificates are written by [`restore_certificates`].
 ///
 /// # Errors
 /// As [`check_sealed`]; [`BackupError::NotEmpty`] when the store holds keys (nothing is
@@ -746,6 +812,18 @@ pub async fn restore(
     Ok(sealed)
 }
 
+/// Writes the backup's certificates into `data_dir/certs` (replacing any of the same name).
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn restore_certificates(data_dir: &Path, backup: &Backup) -> Result<usize, BackupError> {
+    let store = CertStore::new(data_dir);
+    for certificate in &backup.certificates {
+        store.save(certificate).map_err(|e| BackupError::Certificates(e.to_string()))?;
+    }
+    Ok(backup.certificates.len())
+}
+
 fn not_empty(present: usize) -> BackupError {
     BackupError::NotEmpty(format!(
         "the destination keystore already holds {present} key(s): restore only into a new, empty \
@@ -755,11 +833,12 @@ fn not_empty(present: usize) -> BackupError {
 
 /// What the restore's audit line says of the backup: ids and counts, nothing secret.
 fn restore_notes(header: &Header) -> Vec<String> {
-    let Counts { keys, versions, aliases, import_tokens } = header.counts;
+    let Counts { keys, versions, aliases, import_tokens, certificates } = header.counts;
     let mut notes = vec![
         format!("backup taken at {} by kagi {}", header.created, header.kagi_version),
         format!(
-            "{keys} keys, {versions} versions, {aliases} aliases, {import_tokens} import tokens"
+            "{keys} keys, {versions} versions, {aliases} aliases, {import_tokens} import tokens, \
+             {certificates} certificates"
         ),
     ];
     if let Some(head) = &header.audit_head {

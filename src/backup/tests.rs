@@ -119,6 +119,7 @@ async fn take_backup(dir: &Path, keystore: &Keystore) -> Backup {
         data_dir: dir,
         audit_dir: Some(&audit_dir),
         partition: &Partition::default(),
+        certificates: true,
     };
     take(&source, T0).await.expect("backup")
 }
@@ -139,7 +140,7 @@ type Change = Box<dyn FnOnce(&mut Backup)>;
 fn reencoded(bytes: &[u8], change: impl FnOnce(&mut Backup)) -> Vec<u8> {
     let mut backup = decode(bytes).expect("decode");
     change(&mut backup);
-    backup.header.counts = Counts::of(&backup.snapshot);
+    backup.header.counts = backup.counts();
     encode(&backup).expect("encode")
 }
 
@@ -153,7 +154,10 @@ async fn a_backup_round_trips_every_record() {
     let backup = decode(&bytes).expect("decode");
     let stored = keystore.store().snapshot().await.expect("snapshot");
     assert!(compare(&stored, &backup.snapshot).is_empty());
-    assert_eq!(backup.header.counts, Counts { keys: 7, versions: 7, aliases: 1, import_tokens: 1 });
+    assert_eq!(
+        backup.header.counts,
+        Counts { keys: 7, versions: 7, aliases: 1, import_tokens: 1, certificates: 0 }
+    );
     assert_eq!(backup.header.root_check, RootKey::stored_check(dir.path()).expect("check"));
     assert_eq!(backup.header.root_salt, None);
     assert_eq!(backup.header.format_version, FORMAT_VERSION);
@@ -220,6 +224,26 @@ async fn inconsistent_records_are_named() {
         (
             "duplicate version",
             Box::new(|b| b.snapshot.versions.push(b.snapshot.versions[0].clone())),
+        ),
+        (
+            "certificate of a missing key",
+            Box::new(|b| {
+                b.certificates.push(StoredCert {
+                    meta: CertMeta {
+                        name: "web".into(),
+                        kind: crate::tls::CertKind::Issued,
+                        key_id: "00000000-0000-4000-8000-000000000000".into(),
+                        key_alias: None,
+                        ca: None,
+                        issuer: "CN=web".into(),
+                        dns_names: vec!["web.example".into()],
+                        ip_addresses: Vec::new(),
+                        not_before: T0,
+                        not_after: T0 + 86_400,
+                    },
+                    chain: Vec::new(),
+                });
+            }),
         ),
         (
             "import token of a missing key",
@@ -336,7 +360,10 @@ async fn a_restore_loses_nothing_and_old_ciphertexts_decrypt() {
         .expect("decrypts after the restore");
     assert_eq!(decrypted.plaintext.expose_secret(), b"made before the backup");
     let proof = prove_nothing_lost(&source, &destination, &ctx()).await.expect("nothing lost");
-    assert_eq!(proof.counts, Counts { keys: 7, versions: 7, aliases: 1, import_tokens: 1 });
+    assert_eq!(
+        proof.counts,
+        Counts { keys: 7, versions: 7, aliases: 1, import_tokens: 1, certificates: 0 }
+    );
     assert_eq!(proof.unsealed, 7);
     assert_eq!(
         (proof.encrypt_decrypt, proof.sign_verify, proof.mac, proof.key_agreement),

@@ -168,6 +168,7 @@ async fn take(site: &Site, output: Output, out: &Path) -> Result<(), Error> {
         data_dir: &site.data_dir,
         audit_dir: Some(&audit_dir),
         partition: &site.partition,
+        certificates: true,
     };
     let now = super::clock()?.now();
     let taken = backup::take(&source, now).await.map_err(backup_error)?;
@@ -307,6 +308,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
     )
     .await
     .map_err(|error| restore_error(error, data_dir))?;
+    let certificates = backup::restore_certificates(data_dir, &restored).map_err(backup_error)?;
     // Prove it: the backup in memory as the source, the restored keystore as the destination.
     let destination = Keystore::with_store(
         site.backend,
@@ -321,6 +323,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
         .map_err(backup_error)?;
     let proof =
         backup::prove_nothing_lost(&source, &destination, &ctx).await.map_err(backup_error)?;
+    let counts = Counts { certificates, ..proof.counts };
     let partition_changed = header.partition.region != site.partition.region
         || header.partition.account != site.partition.account;
     if partition_changed {
@@ -338,7 +341,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
             "{}",
             json!({
                 "DataDir": data_dir,
-                "Counts": proof.counts,
+                "Counts": counts,
                 "VersionsOpened": sealed.versions,
                 "Proof": {
                     "Unsealed": proof.unsealed,
@@ -352,7 +355,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
             })
         ),
         Output::Table => {
-            println!("restored {} into {}", counts_text(&proof.counts), data_dir.display());
+            println!("restored {} into {}", counts_text(&counts), data_dir.display());
             println!(
                 "checked: every record equal to the backup's, {} versions open under the root \
                  key; {} keys encrypt/decrypt, {} sign/verify, {} MAC, {} key agreement across \
@@ -389,8 +392,11 @@ fn context(backend: &dyn CryptoBackend) -> Result<OpContext, Error> {
 }
 
 fn counts_text(counts: &Counts) -> String {
-    let Counts { keys, versions, aliases, import_tokens } = counts;
-    format!("{keys} keys ({versions} versions), {aliases} aliases, {import_tokens} import tokens")
+    let Counts { keys, versions, aliases, import_tokens, certificates } = counts;
+    format!(
+        "{keys} keys ({versions} versions), {aliases} aliases, {import_tokens} import tokens, \
+         {certificates} certificates"
+    )
 }
 
 fn restore_error(error: BackupError, data_dir: &Path) -> Error {
@@ -420,7 +426,9 @@ fn backup_error(error: BackupError) -> Error {
         | BackupError::NoKeystore(_)
         | BackupError::Store(_)
         | BackupError::Keystore(_) => exit_code::STORAGE,
-        BackupError::Io { .. } | BackupError::Audit(_) => exit_code::FAILURE,
+        BackupError::Io { .. } | BackupError::Audit(_) | BackupError::Certificates(_) => {
+            exit_code::FAILURE
+        }
     };
     Error::new(code, error.to_string())
 }
