@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod backup;
 mod certs;
 mod check;
 mod demo;
@@ -123,6 +124,12 @@ pub enum Command {
     /// Checks a configuration file as `kagi serve` would, without serving; exits 6 naming the
     /// file and line of the first problem.
     CheckConfig(check::CheckConfigArgs),
+    /// Writes a consistent backup of the keystore (sealed, with a checksum), also while a
+    /// server runs; `kagi backup verify FILE` checks one.
+    Backup(backup::BackupArgs),
+    /// Restores a backup into a new, empty keystore holding the same root key, then proves
+    /// nothing was lost.
+    Restore(backup::RestoreArgs),
     /// Reads the audit trail: checks its hash chain, shows its records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -592,6 +599,13 @@ where
     if let Command::CheckConfig(check) = &args.command {
         return check::run(&args, check);
     }
+    // Backups read the store directly, beside a running server; a restore takes its own lock.
+    if let Command::Backup(command) = &args.command {
+        return backup::run_backup(&args, command);
+    }
+    if let Command::Restore(command) = &args.command {
+        return backup::run_restore(&args, command);
+    }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
             Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
@@ -691,6 +705,8 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         | Command::SampleBackend { .. }
         | Command::Audit(_)
         | Command::Serve(_)
+        | Command::Backup(_)
+        | Command::Restore(_)
         | Command::CheckConfig(_) => Ok(()),
         Command::Report(report) => {
             report::run(&keystore, &args.data_dir, args.output, &report).await

@@ -193,6 +193,12 @@ impl Default for AuditConfig {
     }
 }
 
+/// The chain head persisted in the trail directory `dir` (`head.json`), if it exists and reads
+/// as one. A writer rewrites it in place, so a reader may meet it half-written (`None`): retry.
+pub fn persisted_head(dir: &std::path::Path) -> Option<chain::ChainHead> {
+    file::read_head(&dir.join(chain::HEAD_FILE))
+}
+
 /// A failure to record an event.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("audit write failed: {0}")]

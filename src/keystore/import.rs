@@ -399,6 +399,7 @@ fn external_only(origin: Origin, arn: &str) -> Result<(), Error> {
     }
 }
 
-fn token_aad(token_id: &str) -> String {
+/// The associated data sealing an import token's wrapping key under the root key.
+pub(crate) fn token_aad(token_id: &str) -> String {
     format!("kagi import wrapping key v1\0{token_id}")
 }

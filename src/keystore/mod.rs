@@ -305,7 +305,7 @@ impl Keystore {
         audit: Arc<dyn AuditSink>,
         partition: Partition,
     ) -> Result<Self, Error> {
-        let recorded = store.init_meta("root_check", RootKey::check_value(data_dir)?).await?;
+        let recorded = store.init_meta("root_check", RootKey::stored_check(data_dir)?).await?;
         if !root.opens_check(backend, &recorded) {
             return Err(Error::validation(format!(
                 "the root key of {} is not the one the keys in the store are sealed under \
@@ -1149,7 +1149,8 @@ impl Keystore {
         Ok(bytes)
     }
 
-    fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
+    /// The associated data sealing version `version` of `key_id` under the root key.
+    pub(crate) fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
         let mut aad = b"kagi key material v1\0".to_vec();
         aad.extend_from_slice(key_id.as_bytes());
         aad.push(0);

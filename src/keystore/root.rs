@@ -200,18 +200,116 @@ impl RootKey {
         Ok(root)
     }
 
-    /// The check value of `data_dir` (`root.check`): sealed under the root key, it proves a
-    /// key is the right one without revealing anything.
+    /// Makes `data_dir`, which holds no `root.check` yet, use the root key whose check value is
+    /// `check` (from a backup): the key is `root.key` (copied there by the operator) or derives
+    /// from the passphrase with the salt already in `root.salt`, else `salt`. Writes `root.check`
+    /// (and `root.salt`) only once the key is proven to open `check`.
     ///
     /// # Errors
-    /// When it cannot be read.
-    pub fn check_value(data_dir: &Path) -> Result<Vec<u8>, Error> {
-        let path = data_dir.join(CHECK_FILE);
-        fs::read(&path).map_err(|e| io_error(&path, &e))
+    /// When the directory already has a root key check value, the key is missing, or it does
+    /// not open `check` (nothing is left written then).
+    pub fn adopt(
+        backend: &dyn CryptoBackend,
+        data_dir: &Path,
+        source: &RootKeySource,
+        check: &[u8],
+        salt: Option<&[u8]>,
+    ) -> Result<Self, Error> {
+        if data_dir.join(CHECK_FILE).exists() {
+            return Err(Error::validation(format!(
+                "{} already holds a root key check value (root.check)",
+                data_dir.display()
+            )));
+        }
+        let key = match source {
+            RootKeySource::File => {
+                let path = data_dir.join(KEY_FILE);
+                let bytes = SecretBytes::new(fs::read(&path).map_err(|error| {
+                    Error::validation(format!(
+                        "cannot read the root key {}: {error} (copy the root key there first)",
+                        path.display()
+                    ))
+                })?);
+                AesKey::from_slice(bytes.expose_secret()).map_err(|_| {
+                    Error::validation(format!("the root key {} is not 32 bytes", path.display()))
+                })?
+            }
+            RootKeySource::Passphrase { env_var } => {
+                let path = data_dir.join(SALT_FILE);
+                let salt = match fs::read(&path) {
+                    Ok(salt) => salt,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        salt.map(<[u8]>::to_vec).ok_or_else(|| {
+                            Error::validation(format!(
+                                "{} is missing and the backup carries no salt: the root key \
+                                 does not derive from a passphrase",
+                                path.display()
+                            ))
+                        })?
+                    }
+                    Err(error) => return Err(io_error(&path, &error)),
+                };
+                derive(env_var, &salt)?
+            }
+            RootKeySource::Shares { .. } => {
+                return Err(Error::validation(
+                    "restoring onto a root key split into shares is not supported: restore \
+                     with root.key (or the passphrase) on the new machine",
+                ));
+            }
+        };
+        let root = Self { key };
+        if !root.opens_check(backend, check) {
+            return Err(Error::validation(format!(
+                "the root key of {} is not the key the backup was made under",
+                data_dir.display()
+            )));
+        }
+        fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, &e))?;
+        if let (RootKeySource::Passphrase { .. }, Some(salt)) = (source, salt)
+            && !data_dir.join(SALT_FILE).exists()
+        {
+            write_private(&data_dir.join(SALT_FILE), salt)?;
+        }
+        write_private(&data_dir.join(CHECK_FILE), check)?;
+        Ok(root)
     }
 
-    /// Whether `check` (a check value, from any data directory or a database) was sealed under
-    /// this root key.
+    /// The check value of `data_dir` (`root.check`): sealed under the root key, it proves a key
+    /// is the right one without opening anything else. Not secret.
+    ///
+    /// # Errors
+    /// When the directory holds no keystore.
+    pub fn stored_check(data_dir: &Path) -> Result<Vec<u8>, Error> {
+        let path = data_dir.join(CHECK_FILE);
+        fs::read(&path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                Error::validation(format!(
+                    "{} holds no keystore (no root.check)",
+                    data_dir.display()
+                ))
+            } else {
+                io_error(&path, &error)
+            }
+        })
+    }
+
+    /// The Argon2id salt of `data_dir` (`root.salt`), when its root key derives from a
+    /// passphrase. Not secret.
+    ///
+    /// # Errors
+    /// When it exists but cannot be read.
+    pub fn stored_salt(data_dir: &Path) -> Result<Option<Vec<u8>>, Error> {
+        let path = data_dir.join(SALT_FILE);
+        match fs::read(&path) {
+            Ok(salt) => Ok(Some(salt)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(io_error(&path, &error)),
+        }
+    }
+
+    /// Whether `check` (a `root.check` value, from any data directory, a backup or a
+    /// database) was sealed under this key.
     pub fn opens_check(&self, backend: &dyn CryptoBackend, check: &[u8]) -> bool {
         self.unseal(backend, CHECK_AAD, check).is_ok()
     }

@@ -57,6 +57,10 @@ mod notify;
 // the line a changed byte broke; rotation across days; `kagi audit show` filters.
 mod audit;
 
+// `kagi backup` while a server serves, `kagi backup verify`, `kagi restore` on a fresh machine
+// (the old ciphertext decrypts there), and the refusals: another root key, a changed byte.
+mod backup;
+
 // The reverse proxy in front of real sample backends: routing, limits, reload, drain.
 mod proxy;
 // `kagi envelope` (AWS Encryption SDK messages) against the official Python SDK through `kagi
