@@ -149,10 +149,10 @@ pub mod envelope_decrypt {
                 error = Some(format!("{e:?}"));
             }
         }
-        if error.is_none() {
-            if let Err(e) = decryptor.finish() {
-                error = Some(format!("{e:?}"));
-            }
+        if error.is_none()
+            && let Err(e) = decryptor.finish()
+        {
+            error = Some(format!("{e:?}"));
         }
         Outcome { plaintext, error }
     }
