@@ -436,9 +436,11 @@ pub fn parse_amz_date(text: &str) -> Option<i64> {
     if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
         return None;
     }
+    // On bytes: slicing the `str` would panic inside a multi-byte character.
     let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = &text[range];
-        digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok())?
+        bytes[range]
+            .iter()
+            .try_fold(0i64, |n, &b| b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0')))
     };
     let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
     let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
@@ -505,6 +507,15 @@ mod tests {
         assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
         assert_eq!(parse_amz_date("20240229T235959Z"), Some(1_709_251_199));
         for bad in ["", "20150830T123600", "2015083OT123600Z", "20151330T123600Z"] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
+
+    /// Found by the `sigv4` fuzz target: 16 bytes with `T` and `Z` in place but a multi-byte
+    /// character across a field boundary panicked (a `str` sliced inside the character).
+    #[test]
+    fn non_ascii_dates_are_refused_without_panicking() {
+        for bad in ["20\u{20ac}101T000000Z", "201\u{e9}0830T123600Z", "\u{1f600}0830T123600Z"] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
     }

@@ -31,6 +31,11 @@ mod api;
 #[cfg(unix)]
 mod crash;
 
+// A full disk under `kagi serve` (a tmpfs, so only as root with CI=true): operations fail with
+// a KMS error, the service resumes once space is freed, nothing earlier is lost.
+#[cfg(unix)]
+mod disk_full;
+
 // `kagi serve` through kagi's own client: HTTP/2 and HTTP/1.1, SigV4 refusals, protocol errors,
 // metrics, shutdown.
 mod server;
