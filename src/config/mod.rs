@@ -75,6 +75,8 @@ pub struct ApiConfig {
     pub certificate: Option<String>,
     /// The names the self-signed `kagi-api` certificate covers when it is issued.
     pub tls_names: Vec<String>,
+    /// The TLS versions offered.
+    pub tls_profile: crate::tls::TlsProfile,
 }
 
 /// One configured principal.
@@ -247,6 +249,15 @@ impl Builder<'_> {
         if path.is_absolute() { path.to_owned() } else { self.base.join(path) }
     }
 
+    fn tls_profile(
+        &self,
+        name: Option<&Spanned<String>>,
+    ) -> Result<crate::tls::TlsProfile, ConfigError> {
+        let Some(name) = name else { return Ok(crate::tls::TlsProfile::default()) };
+        crate::tls::TlsProfile::from_name(name.get_ref())
+            .ok_or_else(|| self.error(name, "tls_profile is intermediate or modern"))
+    }
+
     fn address(&self, text: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         text.get_ref().parse().map_err(|_| {
             self.error(text, format!("'{}' is not an address like 127.0.0.1:8443", text.get_ref()))
@@ -301,6 +312,7 @@ impl Builder<'_> {
                 .api
                 .tls_names
                 .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]),
+            tls_profile: self.tls_profile(raw.api.tls_profile.as_ref())?,
         };
         let admin = raw.admin.map(|admin| self.address(&admin.listen)).transpose()?;
         let quotas = self.quotas(Quotas::default(), raw.quotas)?;

@@ -63,6 +63,8 @@ pub struct Listener {
     pub certificates: Option<Vec<Spanned<String>>>,
     /// A PEM CA bundle: clients must present a certificate it issued.
     pub client_ca: Option<Spanned<String>>,
+    /// Mozilla's TLS profile: `intermediate` (default) or `modern`.
+    pub tls_profile: Option<Spanned<String>>,
     /// Connections open at once; more are closed at accept.
     pub max_connections: Option<Spanned<u64>>,
     /// How long a client may take to send a request's headers, in milliseconds.
@@ -218,6 +220,8 @@ pub struct Api {
     pub certificate: Option<Spanned<String>>,
     /// Names for the self-signed certificate.
     pub tls_names: Option<Vec<String>>,
+    /// Mozilla's TLS profile: `intermediate` (default) or `modern`.
+    pub tls_profile: Option<Spanned<String>>,
 }
 
 /// `[admin]`.

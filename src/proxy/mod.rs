@@ -121,6 +121,7 @@ impl Snapshot {
                     let server = crate::tls::server_config(
                         Arc::clone(&resolver),
                         tls.client_ca.as_deref(),
+                        tls.profile,
                         sessions,
                     )
                     .map_err(|e| format!("listener {:?}: client_ca: {e}", listener.name))?;

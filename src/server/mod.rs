@@ -425,8 +425,9 @@ async fn api_tls(
     write_atomically(&path, trusted.as_bytes())
         .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
     let resolver = Arc::new(resolver);
-    let tls = crate::tls::server_config(Arc::clone(&resolver), None, sessions)
-        .map_err(|e| ServeError(e.to_string()))?;
+    let tls =
+        crate::tls::server_config(Arc::clone(&resolver), None, config.api.tls_profile, sessions)
+            .map_err(|e| ServeError(e.to_string()))?;
     Ok((ApiTls { config: Arc::new(tls), resolver }, path))
 }
 

@@ -66,3 +66,7 @@ mod envelope;
 // Envelope routes of the proxy in front of a real object store: ciphertext at rest, plaintext
 // to clients, context binding, tampering, rotation, disabled keys, JSON fields, the Python SDK.
 mod envelope_proxy;
+
+// sslyze against the KMS API listener and proxy listeners: Mozilla's intermediate and modern
+// profiles, and none of the TLS attacks it probes.
+mod tls_scan;
