@@ -63,6 +63,9 @@ pub struct Config {
     pub webhooks: Vec<http::Uri>,
     /// The reverse proxy: listeners, upstream pools, routes.
     pub proxy: ProxyConfig,
+    /// Whether `kagi serve` locks its memory in RAM (`[security] lock_memory`, default true;
+    /// see `hardening`).
+    pub lock_memory: bool,
 }
 
 /// The KMS API listener.
@@ -191,7 +194,7 @@ impl Config {
 impl Config {
     /// The settings that differ in `new` but take effect only on a restart, by name: the
     /// keystore (data directory, backend, region, account, root passphrase), the API and admin
-    /// addresses, the audit trail and the webhooks. Everything else reloads: principals and
+    /// addresses, the audit trail, the webhooks and `[security]`. Everything else reloads: principals and
     /// quotas, the API's certificates, and the proxy's listeners, upstreams and routes.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let mut changed = Vec::new();
@@ -205,6 +208,7 @@ impl Config {
             ("[admin] listen", self.admin != new.admin),
             ("[audit]", self.audit != new.audit),
             ("[[webhooks]]", self.webhooks != new.webhooks),
+            ("[security] lock_memory", self.lock_memory != new.lock_memory),
         ];
         for (name, differs) in checks {
             if differs {
@@ -225,6 +229,7 @@ impl Config {
         self.admin = running.admin;
         self.audit = running.audit.clone();
         self.webhooks.clone_from(&running.webhooks);
+        self.lock_memory = running.lock_memory;
     }
 }
 
@@ -351,6 +356,7 @@ impl Builder<'_> {
             admin,
             principals: Arc::new(principals),
             quotas,
+            lock_memory: raw.security.and_then(|security| security.lock_memory).unwrap_or(true),
         })
     }
 

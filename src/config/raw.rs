@@ -24,6 +24,8 @@ pub struct Config {
     /// `[[webhooks]]`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// `[security]`.
+    pub security: Option<Security>,
     /// `[proxy]`: settings of the reverse proxy as a whole.
     pub proxy: Option<Proxy>,
     /// `[[listeners]]`: where the proxy accepts clients.
@@ -222,6 +224,14 @@ pub struct Api {
     pub tls_names: Option<Vec<String>>,
     /// Mozilla's TLS profile: `intermediate` (default) or `modern`.
     pub tls_profile: Option<Spanned<String>>,
+}
+
+/// `[security]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Lock the server's memory in RAM (`mlockall`), default true.
+    pub lock_memory: Option<bool>,
 }
 
 /// `[admin]`.

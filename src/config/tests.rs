@@ -167,6 +167,7 @@ fn the_commented_example_is_complete_and_valid() {
         "max_file_bytes",
         "timeout_ms",
         "[[webhooks]]",
+        "lock_memory",
         "drain_timeout_ms",
         "access_log_format",
         "client_ca",

@@ -70,3 +70,8 @@ mod envelope_proxy;
 // sslyze against the KMS API listener and proxy listeners: Mozilla's intermediate and modern
 // profiles, and none of the TLS attacks it probes.
 mod tls_scan;
+
+// Key material out of core dumps and swap: `kagi serve`'s core limit, dumpable flag and locked
+// memory, seen from /proc.
+#[cfg(target_os = "linux")]
+mod hardening;
