@@ -39,6 +39,7 @@ use hyper::body::Incoming;
 
 pub use access::{AccessLog, Entry};
 pub use envelope::Keys;
+pub(crate) use listener::limit_http2;
 pub use listener::{Bound, Drain, Listeners};
 pub use upstream::{Pool, ProxyBody, UpstreamError};
 

@@ -326,6 +326,7 @@ async fn api_loop(
     // A client that trickles its headers (slowloris) is cut off.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    crate::proxy::limit_http2(&mut builder.http2());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -75,3 +75,7 @@ mod tls_scan;
 // memory, seen from /proc.
 #[cfg(target_os = "linux")]
 mod hardening;
+
+// Hostile clients: slowloris, oversized heads and bodies, HTTP/2 stream floods and rapid reset,
+// malformed TLS, idle connections up to the limit; a well-behaved client is served throughout.
+mod hostile;

@@ -173,7 +173,7 @@ impl Serve {
     }
 
     /// The sum of every series of `family` whose labels contain each of `labels`.
-    fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
+    pub(crate) fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
         let text = http_get(&self.admin, "/metrics");
         text.lines()
             .filter(|line| line.starts_with(&format!("{family}{{")))
@@ -276,7 +276,7 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
