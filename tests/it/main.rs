@@ -79,3 +79,7 @@ mod hardening;
 // Hostile clients: slowloris, oversized heads and bodies, HTTP/2 stream floods and rapid reset,
 // malformed TLS, idle connections up to the limit; a well-behaved client is served throughout.
 mod hostile;
+
+// The authorization matrix: principals × operations × keys through the KMS API (ids, ARNs,
+// aliases, grants, explicit denies, ReEncrypt's two keys) and the envelope routes' principals.
+mod authz;
