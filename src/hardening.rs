@@ -18,7 +18,8 @@
 //! lock, and says so (log line, `kagi_memory_locked` 0). systemd's `LimitMEMLOCK=infinity` or
 //! `AmbientCapabilities=CAP_IPC_LOCK` make it lock.
 //!
-//! The outcome is recorded once per process ([`memory_lock`]) for the metrics.
+//! The outcome is recorded once per process ([`memory_lock`]) for the metrics. SECURITY.md puts
+//! these measures in the threat model.
 
 use std::fmt;
 use std::sync::OnceLock;
