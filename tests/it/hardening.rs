@@ -12,13 +12,26 @@ fn may_lock_everything() -> bool {
         .lines()
         .find(|line| line.starts_with("Max locked memory"))
         .is_some_and(|line| line.split_whitespace().nth(3) == Some("unlimited"));
+    unlimited || has_cap_ipc_lock()
+}
+
+/// The line `name:` of `/proc/self/status`, without the name.
+fn own_status(name: &str) -> String {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let capable = status
+    status
         .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 14) != 0); // CAP_IPC_LOCK
-    unlimited || capable
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim()
+        .to_owned()
+}
+
+fn has_cap_ipc_lock() -> bool {
+    u64::from_str_radix(&own_status("CapEff"), 16).is_ok_and(|caps| caps & (1 << 14) != 0)
+}
+
+fn is_root() -> bool {
+    own_status("Uid").split_whitespace().nth(1) == Some("0")
 }
 
 /// `VmLck` of a process, in kB.
@@ -83,4 +96,30 @@ fn lock_memory_false_leaves_memory_unlocked_but_core_dumps_still_off() {
     assert_eq!(memory_locked_metric(&server), "0");
     let log = server.log();
     assert!(log.contains("memory not locked: [security] lock_memory = false"), "{log}");
+}
+
+#[test]
+fn with_a_finite_limit_and_no_cap_ipc_lock_it_serves_unlocked_and_says_so() {
+    // The memlock limit is made finite for the server (prlimit); as root, CAP_IPC_LOCK is also
+    // dropped from its bounding set, hence from its capabilities (setpriv).
+    let mut wrapper = vec!["prlimit", "--memlock=8388608:8388608"];
+    if is_root() {
+        wrapper.extend(["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"]);
+    } else if has_cap_ipc_lock() {
+        // A capable non-root test process cannot drop the capability without CAP_SETPCAP:
+        // the server locks, which the first test covers.
+        return;
+    }
+    wrapper.push("--");
+    let server = Server::start_under(&wrapper, &[ADMIN], "");
+    let pid = server.pid();
+    let log = server.log();
+    assert!(
+        log.contains("memory not locked: RLIMIT_MEMLOCK is 8388608 bytes"),
+        "no warning:\n{log}"
+    );
+    assert!(log.contains("WARN"), "a warning, not information:\n{log}");
+    assert_eq!(locked_kb(pid), 0);
+    assert_eq!(memory_locked_metric(&server), "0");
+    assert_eq!(core_limits(pid), ("0".to_owned(), "0".to_owned()), "core dumps still off");
 }
