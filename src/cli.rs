@@ -590,6 +590,9 @@ where
             };
         }
     };
+    // Every command may hold key material (the root key, key versions): none leaves a core
+    // dump. `kagi serve` logs the outcome; a command that could not do it still runs.
+    let _ = crate::hardening::disable_core_dumps();
     if let Command::Serve(serve) = &args.command {
         return serve::run(&args, serve);
     }

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+pub mod hardening;
 pub mod keystore;
 pub mod metrics;
 pub mod notify;

@@ -41,10 +41,12 @@ pub(super) fn run(args: &super::Args, check: &CheckConfigArgs) -> Result<(), Err
         for name in listener.tls.iter().flat_map(|tls| &tls.certificates) {
             certificates.push((format!("listener {:?}", listener.name), name.clone()));
         }
-        if let Some(ca) = listener.tls.as_ref().and_then(|tls| tls.client_ca.as_deref()) {
+        let client_ca =
+            listener.tls.as_ref().and_then(|tls| Some((tls.client_ca.as_deref()?, tls)));
+        if let Some((ca, tls)) = client_ca {
             let resolver = Arc::new(crate::tls::SniResolver::new());
             let sessions = crate::tls::SessionState::new().map_err(|e| invalid(e.to_string()))?;
-            crate::tls::server_config(resolver, Some(ca), &sessions)
+            crate::tls::server_config(resolver, Some(ca), tls.profile, &sessions)
                 .map_err(|e| invalid(format!("listener {:?}: client_ca: {e}", listener.name)))?;
         }
     }

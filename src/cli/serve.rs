@@ -53,6 +53,7 @@ pub(super) fn run_config(
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    harden(config.lock_memory);
     let root_source = super::shares::root_source(
         &config.data_dir,
         config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()),
@@ -138,6 +139,33 @@ pub(super) fn run_config(
             .await
             .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))
     })
+}
+
+/// Disables core dumps and locks memory (see `crate::hardening`), and logs what the kernel
+/// reports: a failure is a warning, not a refusal to start.
+fn harden(lock_memory: bool) {
+    let core = crate::hardening::disable_core_dumps();
+    match &core.error {
+        None => tracing::info!(
+            core_limit_zero = core.limit_zero,
+            dumpable = !core.not_dumpable,
+            "core dumps disabled"
+        ),
+        Some(error) => tracing::warn!(
+            core_limit_zero = core.limit_zero,
+            dumpable = !core.not_dumpable,
+            %error,
+            "core dumps not fully disabled"
+        ),
+    }
+    let memory = crate::hardening::lock_memory(lock_memory);
+    if memory.is_locked() {
+        tracing::info!(locked = true, "{memory}");
+    } else if memory == crate::hardening::MemoryLock::Disabled {
+        tracing::info!(locked = false, "{memory}");
+    } else {
+        tracing::warn!(locked = false, "{memory}");
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -68,6 +68,9 @@ pub struct Config {
     pub webhooks: Vec<http::Uri>,
     /// The reverse proxy: listeners, upstream pools, routes.
     pub proxy: ProxyConfig,
+    /// Whether `kagi serve` locks its memory in RAM (`[security] lock_memory`, default true;
+    /// see `hardening`).
+    pub lock_memory: bool,
 }
 
 /// The KMS API listener.
@@ -80,6 +83,8 @@ pub struct ApiConfig {
     pub certificate: Option<String>,
     /// The names the self-signed `kagi-api` certificate covers when it is issued.
     pub tls_names: Vec<String>,
+    /// The TLS versions offered.
+    pub tls_profile: crate::tls::TlsProfile,
 }
 
 /// One configured principal.
@@ -194,7 +199,7 @@ impl Config {
 impl Config {
     /// The settings that differ in `new` but take effect only on a restart, by name: the
     /// keystore (data directory, backend, region, account, root passphrase), the API and admin
-    /// addresses, the audit trail and the webhooks. Everything else reloads: principals and
+    /// addresses, the audit trail, the webhooks and `[security]`. Everything else reloads: principals and
     /// quotas, the API's certificates, and the proxy's listeners, upstreams and routes.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let mut changed = Vec::new();
@@ -210,6 +215,7 @@ impl Config {
             ("[admin] listen", self.admin != new.admin),
             ("[audit]", self.audit != new.audit),
             ("[[webhooks]]", self.webhooks != new.webhooks),
+            ("[security] lock_memory", self.lock_memory != new.lock_memory),
         ];
         for (name, differs) in checks {
             if differs {
@@ -232,6 +238,7 @@ impl Config {
         self.admin = running.admin;
         self.audit = running.audit.clone();
         self.webhooks.clone_from(&running.webhooks);
+        self.lock_memory = running.lock_memory;
     }
 }
 
@@ -254,6 +261,15 @@ impl Builder<'_> {
     fn path(&self, path: &str) -> PathBuf {
         let path = Path::new(path);
         if path.is_absolute() { path.to_owned() } else { self.base.join(path) }
+    }
+
+    fn tls_profile(
+        &self,
+        name: Option<&Spanned<String>>,
+    ) -> Result<crate::tls::TlsProfile, ConfigError> {
+        let Some(name) = name else { return Ok(crate::tls::TlsProfile::default()) };
+        crate::tls::TlsProfile::from_name(name.get_ref())
+            .ok_or_else(|| self.error(name, "tls_profile is intermediate or modern"))
     }
 
     fn address(&self, text: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
@@ -310,6 +326,7 @@ impl Builder<'_> {
                 .api
                 .tls_names
                 .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]),
+            tls_profile: self.tls_profile(raw.api.tls_profile.as_ref())?,
         };
         let admin = raw.admin.map(|admin| self.address(&admin.listen)).transpose()?;
         let quotas = self.quotas(Quotas::default(), raw.quotas)?;
@@ -361,6 +378,7 @@ impl Builder<'_> {
             admin,
             principals: Arc::new(principals),
             quotas,
+            lock_memory: raw.security.and_then(|security| security.lock_memory).unwrap_or(true),
         })
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{Builder, ConfigError, raw};
+use crate::tls::TlsProfile;
 
 /// The proxy: listeners, pools and routes.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -72,6 +73,8 @@ pub struct ListenerTls {
     pub certificates: Vec<String>,
     /// Clients must present a certificate chaining to this PEM bundle.
     pub client_ca: Option<PathBuf>,
+    /// The TLS versions offered.
+    pub profile: TlsProfile,
 }
 
 /// One `[[upstreams]]`.
@@ -369,13 +372,17 @@ impl Builder<'_> {
                 ));
             }
             let client_ca = raw.client_ca.as_ref().map(|path| self.path(path.get_ref()));
-            Some(ListenerTls { certificates, client_ca })
+            let profile = self.tls_profile(raw.tls_profile.as_ref())?;
+            Some(ListenerTls { certificates, client_ca, profile })
         } else {
             if let Some(certificates) = raw.certificates.as_ref().and_then(|c| c.first()) {
                 return Err(self.error(certificates, "certificates on a listener with tls = false"));
             }
             if let Some(ca) = &raw.client_ca {
                 return Err(self.error(ca, "client_ca on a listener with tls = false"));
+            }
+            if let Some(profile) = &raw.tls_profile {
+                return Err(self.error(profile, "tls_profile on a listener with tls = false"));
             }
             None
         };

@@ -26,6 +26,8 @@ pub struct Config {
     /// `[[webhooks]]`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// `[security]`.
+    pub security: Option<Security>,
     /// `[proxy]`: settings of the reverse proxy as a whole.
     pub proxy: Option<Proxy>,
     /// `[[listeners]]`: where the proxy accepts clients.
@@ -65,6 +67,8 @@ pub struct Listener {
     pub certificates: Option<Vec<Spanned<String>>>,
     /// A PEM CA bundle: clients must present a certificate it issued.
     pub client_ca: Option<Spanned<String>>,
+    /// Mozilla's TLS profile: `intermediate` (default) or `modern`.
+    pub tls_profile: Option<Spanned<String>>,
     /// Connections open at once; more are closed at accept.
     pub max_connections: Option<Spanned<u64>>,
     /// How long a client may take to send a request's headers, in milliseconds.
@@ -240,6 +244,16 @@ pub struct Api {
     pub certificate: Option<Spanned<String>>,
     /// Names for the self-signed certificate.
     pub tls_names: Option<Vec<String>>,
+    /// Mozilla's TLS profile: `intermediate` (default) or `modern`.
+    pub tls_profile: Option<Spanned<String>>,
+}
+
+/// `[security]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Lock the server's memory in RAM (`mlockall`), default true.
+    pub lock_memory: Option<bool>,
 }
 
 /// `[admin]`.

@@ -157,6 +157,7 @@ fn the_commented_example_is_complete_and_valid() {
         "root_passphrase_env",
         "certificate",
         "tls_names",
+        "tls_profile",
         "secret_env",
         "secret_file",
         "account_actions",
@@ -166,6 +167,7 @@ fn the_commented_example_is_complete_and_valid() {
         "max_file_bytes",
         "timeout_ms",
         "[[webhooks]]",
+        "lock_memory",
         "drain_timeout_ms",
         "access_log_format",
         "client_ca",
@@ -222,4 +224,32 @@ fn proxy_tables_are_checked_whole() {
     let route = &config.proxy.routes[0];
     assert!(route.host.matches("a.example.com"));
     assert!(!route.host.matches("example.com") && !route.host.matches("a.b.example.com"));
+}
+
+#[test]
+fn tls_profiles_are_intermediate_by_default_or_modern() {
+    let route = "[[upstreams]]\nname = \"app\"\ntargets = [\"127.0.0.1:9000\"]\n\
+                 [[routes]]\nname = \"r\"\nupstream = \"app\"\n";
+    let listener = |extra: &str| {
+        format!(
+            "{MINIMAL}{extra}\n[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:9\"\n\
+             certificates = [\"web\"]\n{extra}\n{route}"
+        )
+    };
+    let config = parse(&listener("")).unwrap();
+    assert_eq!(config.api.tls_profile, crate::tls::TlsProfile::Intermediate);
+    let tls = config.proxy.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.profile, crate::tls::TlsProfile::Intermediate);
+    let config = parse(&listener("tls_profile = \"modern\"")).unwrap();
+    assert_eq!(config.api.tls_profile, crate::tls::TlsProfile::Modern);
+    let tls = config.proxy.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.profile, crate::tls::TlsProfile::Modern);
+    let error = parse(&listener("tls_profile = \"old\"")).unwrap_err().to_string();
+    assert!(error.contains("kagi.toml:7: tls_profile is intermediate or modern"), "{error}");
+    let plain = format!(
+        "{MINIMAL}[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:9\"\ntls = false\n\
+         tls_profile = \"modern\"\n{route}"
+    );
+    let error = parse(&plain).unwrap_err().to_string();
+    assert!(error.contains("tls_profile on a listener with tls = false"), "{error}");
 }

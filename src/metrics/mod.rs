@@ -9,6 +9,7 @@
 //! | proxy | `kagi_proxy_*`, `kagi_config_*` (`proxy.rs`) | the proxy per request and connection, the reloader |
 //! | keys | `kagi_key_*`, `kagi_keys`, `kagi_audit_*` (`keys.rs`) | the API (per key), the keystore through [`KeyObserver`], and [`Metrics::scrape`] (gauges from the inventory) |
 //! | envelope | `kagi_envelope_*` (`envelope.rs`) | the proxy per body, the data-key cache (`envelope::cache`) per lookup and eviction |
+//! | process | `kagi_memory_locked` | set once from `hardening::memory_lock` |
 //!
 //! TLS, envelope and proxy families come as their own `XxxMetrics` beside `KeyMetrics`,
 //! registered in [`Metrics::new`].
@@ -99,6 +100,16 @@ impl Metrics {
         registry.register(Box::new(api_duration.clone())).expect("registered once");
         registry.register(Box::new(api_throttled.clone())).expect("registered once");
         registry.register(Box::new(api_access_denied.clone())).expect("registered once");
+        // Set once: the process locks its memory at start or not at all (`hardening`).
+        let memory_locked = prometheus::IntGauge::new(
+            "kagi_memory_locked",
+            "1 when the server's memory is locked in RAM (mlockall), so no secret reaches swap; \
+             0 when it is not (see the start-up log line for why).",
+        )
+        .expect("valid metric");
+        memory_locked
+            .set(i64::from(crate::hardening::memory_lock().is_some_and(|m| m.is_locked())));
+        registry.register(Box::new(memory_locked)).expect("registered once");
         let keys = KeyMetrics::register(&registry);
         let envelope = EnvelopeMetrics::register(&registry);
         let proxy = ProxyMetrics::register(&registry);

@@ -157,6 +157,28 @@ impl Listeners {
     }
 }
 
+/// Streams one HTTP/2 connection may have open at once (the SETTINGS value clients see; a
+/// stream past it is refused with REFUSED_STREAM). hyper's default is 200; 100 is what RFC 9113
+/// recommends as the least and what nginx uses.
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Streams a client may open and reset before the server accepted them (CVE-2023-44487, "rapid
+/// reset"): past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. h2's default.
+pub(crate) const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the server may reset because of the client's errors (malformed requests, frames
+/// over limits) before it closes the connection with GOAWAY ENHANCE_YOUR_CALM.
+pub(crate) const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// The HTTP/2 limits of every server connection kagi accepts (proxy listeners and the KMS
+/// API), against stream floods and resets.
+pub(crate) fn limit_http2(http2: &mut auto::Http2Builder<'_, TokioExecutor>) {
+    http2
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+}
+
 /// Accepts until stopped or until the configuration drops this listener.
 async fn accept_loop(
     socket: TcpListener,
@@ -309,6 +331,7 @@ async fn serve_http<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    limit_http2(&mut builder.http2());
     let connection = Connection { peer, tls };
     let listener: Arc<str> = Arc::from(name);
     let requests = Arc::clone(&activity);

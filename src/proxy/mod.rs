@@ -39,6 +39,7 @@ use hyper::body::Incoming;
 
 pub use access::{AccessLog, Entry};
 pub use envelope::Keys;
+pub(crate) use listener::limit_http2;
 pub use listener::{Bound, Drain, Listeners};
 pub use upstream::{Pool, ProxyBody, UpstreamError};
 
@@ -121,6 +122,7 @@ impl Snapshot {
                     let server = crate::tls::server_config(
                         Arc::clone(&resolver),
                         tls.client_ca.as_deref(),
+                        tls.profile,
                         sessions,
                     )
                     .map_err(|e| format!("listener {:?}: client_ca: {e}", listener.name))?;

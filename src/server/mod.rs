@@ -338,6 +338,7 @@ async fn api_loop(
     // A client that trickles its headers (slowloris) is cut off.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    crate::proxy::limit_http2(&mut builder.http2());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -437,8 +438,9 @@ async fn api_tls(
     write_atomically(&path, trusted.as_bytes())
         .map_err(|e| ServeError(format!("cannot write {}: {e}", path.display())))?;
     let resolver = Arc::new(resolver);
-    let tls = crate::tls::server_config(Arc::clone(&resolver), None, sessions)
-        .map_err(|e| ServeError(e.to_string()))?;
+    let tls =
+        crate::tls::server_config(Arc::clone(&resolver), None, config.api.tls_profile, sessions)
+            .map_err(|e| ServeError(e.to_string()))?;
     Ok((ApiTls { config: Arc::new(tls), resolver }, path))
 }
 

@@ -349,10 +349,13 @@ impl<'a> CertIssuer<'a> {
         serial[0] &= 0x7f;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let subject = self.issuing_key(&key_id).await?;
+        // RFC 5280 requires the authority key identifier in every certificate but a
+        // self-signed CA's; strict validators (sslyze's, `cryptography`'s) refuse a self-signed
+        // leaf without it. A self-signed certificate's names its own key.
+        params.use_authority_key_identifier_extension = true;
         let full_chain = match &ca {
             Some(ca) => {
                 let ca_cert = self.store.load(ca)?;
-                params.use_authority_key_identifier_extension = true;
                 let ca_key = self.issuing_key(&ca_cert.meta.key_id).await?;
                 let certificate = self
                     .sign_certificate(&ca_key, |signer| {

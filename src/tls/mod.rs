@@ -84,6 +84,38 @@ impl TlsError {
     }
 }
 
+/// Which of Mozilla's server-side TLS profiles a listener follows (the
+/// `tls_profile` setting). Either way the cipher suites are rustls's: AEAD with forward secrecy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsProfile {
+    /// TLS 1.3 and 1.2 ("intermediate": for general-purpose servers; the default).
+    #[default]
+    Intermediate,
+    /// TLS 1.3 only ("modern": for clients that all speak TLS 1.3).
+    Modern,
+}
+
+impl TlsProfile {
+    /// The profile named `name` in a configuration file (`intermediate` or `modern`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "intermediate" => Some(Self::Intermediate),
+            "modern" => Some(Self::Modern),
+            _ => None,
+        }
+    }
+
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static INTERMEDIATE: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static MODERN: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            Self::Intermediate => &INTERMEDIATE,
+            Self::Modern => &MODERN,
+        }
+    }
+}
+
 /// What every TLS configuration kagi builds shares, for as long as the process runs: the
 /// session ticket keys (rotated by rustls every few hours) and the session cache. A reload
 /// builds new `ServerConfig`s around the same two, so clients resume sessions across it.
@@ -115,10 +147,11 @@ impl SessionState {
 }
 
 /// The server configuration kagi's listeners use: the aws-lc-rs provider (named explicitly:
-/// with ring also in the graph, rustls's default provider would be ambiguous), TLS 1.3 and
-/// 1.2 with rustls's default cipher suites and groups (which meet Mozilla's "intermediate"
-/// profile: AEAD suites with forward secrecy only), ALPN h2 then http/1.1, certificates chosen
-/// by `resolver`, sessions resumed with `sessions`. With `client_ca`, clients must present a
+/// with ring also in the graph, rustls's default provider would be ambiguous), the TLS versions
+/// of `profile` (1.3 and 1.2, or 1.3 only) with rustls's default cipher suites and groups (which
+/// meet Mozilla's profiles: AEAD suites with forward secrecy only; `tests/it/tls_scan.rs` checks
+/// with sslyze), ALPN h2 then http/1.1, certificates chosen by `resolver`, sessions resumed with
+/// `sessions`. With `client_ca`, clients must present a
 /// certificate that chains to one of its certificates.
 ///
 /// # Errors
@@ -126,11 +159,12 @@ impl SessionState {
 pub fn server_config(
     resolver: Arc<SniResolver>,
     client_ca: Option<&std::path::Path>,
+    profile: TlsProfile,
     sessions: &SessionState,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(profile.versions())
         .map_err(|e| TlsError::Issue(e.to_string()))?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),

@@ -80,3 +80,20 @@ mod unseal;
 // Envelope routes of the proxy in front of a real object store: ciphertext at rest, plaintext
 // to clients, context binding, tampering, rotation, disabled keys, JSON fields, the Python SDK.
 mod envelope_proxy;
+
+// sslyze against the KMS API listener and proxy listeners: Mozilla's intermediate and modern
+// profiles, and none of the TLS attacks it probes.
+mod tls_scan;
+
+// Key material out of core dumps and swap: `kagi serve`'s core limit, dumpable flag and locked
+// memory, seen from /proc.
+#[cfg(target_os = "linux")]
+mod hardening;
+
+// Hostile clients: slowloris, oversized heads and bodies, HTTP/2 stream floods and rapid reset,
+// malformed TLS, idle connections up to the limit; a well-behaved client is served throughout.
+mod hostile;
+
+// The authorization matrix: principals × operations × keys through the KMS API (ids, ARNs,
+// aliases, grants, explicit denies, ReEncrypt's two keys) and the envelope routes' principals.
+mod authz;

@@ -20,10 +20,10 @@ use serde_json::Value;
 
 use crate::support::{Kagi, arg, http_get};
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A child process killed on drop.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -33,7 +33,7 @@ impl Drop for Process {
 }
 
 /// Waits for `path` to appear, failing if `child` exits first.
-fn wait_for(path: &Path, child: &mut Child, log: &Path) -> String {
+pub(crate) fn wait_for(path: &Path, child: &mut Child, log: &Path) -> String {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
@@ -48,7 +48,7 @@ fn wait_for(path: &Path, child: &mut Child, log: &Path) -> String {
 }
 
 /// A `kagi sample-backend` on a free port.
-fn backend(dir: &Path, name: &str) -> (Process, SocketAddr) {
+pub(crate) fn backend(dir: &Path, name: &str) -> (Process, SocketAddr) {
     let ready = dir.join(format!("{name}.ready"));
     let log = dir.join(format!("{name}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_kagi"))
@@ -65,7 +65,7 @@ fn backend(dir: &Path, name: &str) -> (Process, SocketAddr) {
 
 /// A keystore (real clock) with an internal CA and two certificates: `web` (localhost,
 /// 127.0.0.1) and `other` (other.test, *.wild.test).
-fn keystore() -> Kagi {
+pub(crate) fn keystore() -> Kagi {
     let mut kagi = Kagi::new();
     kagi.now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -105,7 +105,7 @@ const ADMIN_KEY_ID: &str = "AKIAKAGIPROXYADMIN01";
 const ADMIN_SECRET: &str = "proxy-test-admin-secret";
 
 /// The head of a configuration: keystore, API and admin on free ports, an administrator.
-fn head(kagi: &Kagi) -> String {
+pub(crate) fn head(kagi: &Kagi) -> String {
     format!(
         "[keystore]\ndata_dir = {:?}\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n[[principals]]\nname = \"admin\"\n\
@@ -115,8 +115,8 @@ fn head(kagi: &Kagi) -> String {
 }
 
 /// A running `kagi serve --config`.
-struct Serve {
-    process: Process,
+pub(crate) struct Serve {
+    pub(crate) process: Process,
     config: PathBuf,
     ready_file: PathBuf,
     log: PathBuf,
@@ -125,7 +125,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(kagi: &Kagi, config: &str) -> Self {
+    pub(crate) fn start(kagi: &Kagi, config: &str) -> Self {
         let path = kagi.path("kagi.toml");
         std::fs::write(&path, config).expect("config");
         let ready_file = kagi.path("ready.json");
@@ -156,16 +156,16 @@ impl Serve {
         }
     }
 
-    fn listener(&self, name: &str) -> SocketAddr {
+    pub(crate) fn listener(&self, name: &str) -> SocketAddr {
         self.listeners[name].as_str().expect("address").parse().expect("address")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A counter or gauge from /metrics (0 when absent).
-    fn metric(&self, series: &str) -> f64 {
+    pub(crate) fn metric(&self, series: &str) -> f64 {
         let text = http_get(&self.admin, "/metrics");
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -173,7 +173,7 @@ impl Serve {
     }
 
     /// The sum of every series of `family` whose labels contain each of `labels`.
-    fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
+    pub(crate) fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
         let text = http_get(&self.admin, "/metrics");
         text.lines()
             .filter(|line| line.starts_with(&format!("{family}{{")))
@@ -182,7 +182,7 @@ impl Serve {
             .sum()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.process.0.id().to_string();
         assert!(Command::new("kill").args([signal, &pid]).status().expect("kill").success());
     }
@@ -241,7 +241,7 @@ impl Serve {
 
 /// A TLS client configuration trusting `ca` (PEM), offering h2 and/or http/1.1, with an
 /// optional client certificate.
-fn tls_client(
+pub(crate) fn tls_client(
     ca: &Path,
     alpn: &[&[u8]],
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
@@ -267,23 +267,23 @@ fn tls_client(
 
 /// What a request got back.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
     /// The leaf certificate the server presented.
     leaf: Option<CertificateDer<'static>>,
     resumed: bool,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// One request over a new TLS connection to `address` with SNI `sni` (none: by IP).
-async fn send(
+pub(crate) async fn send(
     tls: &Arc<rustls::ClientConfig>,
     address: SocketAddr,
     sni: Option<&str>,
@@ -323,13 +323,13 @@ async fn send(
     Ok(Answer { status: parts.status.as_u16(), body, leaf, resumed })
 }
 
-fn get(host: &str, path: &str) -> http::Request<Full<Bytes>> {
+pub(crate) fn get(host: &str, path: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(format!("https://{host}{path}"))
         .body(Full::new(Bytes::new()))
         .expect("request")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -337,7 +337,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn ca(kagi: &Kagi) -> PathBuf {
+pub(crate) fn ca(kagi: &Kagi) -> PathBuf {
     kagi.data_dir().join("certs").join("test-ca.pem")
 }
 
@@ -568,7 +568,7 @@ fn dead_and_slow_upstreams_answer_502_and_504_without_stalling_others() {
 }
 
 /// Reads from a raw TCP connection until EOF or error; true if the server closed it.
-fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+pub(crate) fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
     stream.set_read_timeout(Some(START_TIMEOUT)).unwrap();
     let mut buffer = [0u8; 4096];
     loop {

@@ -69,18 +69,24 @@ impl Server {
     /// Starts a server knowing `principals`, with the `[quotas]` section `quotas` (TOML lines),
     /// and waits until it listens.
     pub(crate) fn start(principals: &[TestPrincipal], quotas: &str) -> Self {
-        Self::launch(None, principals, quotas, "", "")
+        Self::launch(&[], None, principals, quotas, "", "")
     }
 
     /// [`Server::start`] with more configuration (TOML tables) after `[quotas]`.
     pub(crate) fn start_with(principals: &[TestPrincipal], quotas: &str, extra: &str) -> Self {
-        Self::launch(None, principals, quotas, "", extra)
+        Self::launch(&[], None, principals, quotas, "", extra)
+    }
+
+    /// [`Server::start_with`], run by the command `wrapper` (e.g. `setpriv …`), which execs
+    /// `kagi serve …` given as its last arguments.
+    pub(crate) fn start_under(wrapper: &[&str], principals: &[TestPrincipal], extra: &str) -> Self {
+        Self::launch(wrapper, None, principals, "", "", extra)
     }
 
     /// Starts a server on an existing data directory, with `api` added to its `[api]` section
     /// (TOML lines).
     pub(crate) fn start_on(data_dir: &Path, principals: &[TestPrincipal], api: &str) -> Self {
-        Self::launch(Some(data_dir), principals, "", api, "")
+        Self::launch(&[], Some(data_dir), principals, "", api, "")
     }
 
     /// [`Server::start_on`] with more configuration (TOML tables) at the end.
@@ -89,7 +95,7 @@ impl Server {
         principals: &[TestPrincipal],
         extra: &str,
     ) -> Self {
-        Self::launch(Some(data_dir), principals, "", "", extra)
+        Self::launch(&[], Some(data_dir), principals, "", "", extra)
     }
 
     /// What the ready file says the proxy listener `name` listens on.
@@ -102,22 +108,24 @@ impl Server {
     /// Starts a server on `data_dir` without waiting for it to listen: a sealed start, which
     /// waits for `kagi unseal` first. [`Server::wait_until_ready`] then waits for it.
     pub(crate) fn spawn_on(data_dir: &Path, principals: &[TestPrincipal]) -> Self {
-        Self::spawn(Some(data_dir), principals, "", "", "")
+        Self::spawn(&[], Some(data_dir), principals, "", "", "")
     }
 
     fn launch(
+        wrapper: &[&str],
         data_dir: Option<&Path>,
         principals: &[TestPrincipal],
         quotas: &str,
         api: &str,
         extra: &str,
     ) -> Self {
-        let mut server = Self::spawn(data_dir, principals, quotas, api, extra);
+        let mut server = Self::spawn(wrapper, data_dir, principals, quotas, api, extra);
         server.wait_until_ready();
         server
     }
 
     fn spawn(
+        wrapper: &[&str],
         data_dir: Option<&Path>,
         principals: &[TestPrincipal],
         quotas: &str,
@@ -133,7 +141,16 @@ impl Server {
         std::fs::write(&config, text).expect("config");
         let ready_file = dir.path().join("ready.json");
         let log = File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kagi"))
+        let kagi = env!("CARGO_BIN_EXE_kagi");
+        let mut command = match wrapper.split_first() {
+            None => Command::new(kagi),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(kagi);
+                command
+            }
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -199,6 +216,11 @@ impl Server {
             assert!(Instant::now() < deadline, "kagi serve not ready in time:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's log so far (one line per request).
