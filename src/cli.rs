@@ -130,6 +130,9 @@ pub enum Command {
     /// Restores a backup into a new, empty keystore holding the same root key, then proves
     /// nothing was lost.
     Restore(backup::RestoreArgs),
+    /// Moves the keystore from SQLite into the empty PostgreSQL database of `--config`'s
+    /// `[store]`, material still sealed (nothing re-encrypted), then proves nothing was lost.
+    Migrate(backup::MigrateArgs),
     /// Reads the audit trail: checks its hash chain, shows its records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -609,6 +612,9 @@ where
     if let Command::Restore(command) = &args.command {
         return backup::run_restore(&args, command);
     }
+    if let Command::Migrate(command) = &args.command {
+        return backup::run_migrate(&args, command);
+    }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
             Error::new(exit_code::FAILURE, format!("cannot start the runtime: {error}"))
@@ -710,6 +716,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         | Command::Serve(_)
         | Command::Backup(_)
         | Command::Restore(_)
+        | Command::Migrate(_)
         | Command::CheckConfig(_) => Ok(()),
         Command::Report(report) => {
             report::run(&keystore, &args.data_dir, args.output, &report).await
@@ -1436,7 +1443,7 @@ fn keystore_with_partition(
 
 /// The file a data directory whose keys are in a shared store holds (the database's URL,
 /// without a password), so commands that would open the local store refuse instead.
-const SHARED_STORE_MARKER: &str = "store.shared";
+pub(super) const SHARED_STORE_MARKER: &str = "store.shared";
 
 /// Opens the keystore a server runs on: `store` as configured, the root key and audit trail
 /// of `data_dir`.

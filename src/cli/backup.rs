@@ -440,3 +440,138 @@ fn backup_error(error: BackupError) -> Error {
     };
     Error::new(code, error.to_string())
 }
+
+/// What `kagi migrate` moves the keystore from.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// `DATA_DIR/keystore.db`.
+    Sqlite,
+    /// The `[store]` database of the configuration.
+    Postgres,
+}
+
+/// `kagi migrate`.
+#[derive(Debug, ClapArgs)]
+pub struct MigrateArgs {
+    /// The store the keys are in now.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub from: StoreKind,
+    /// The store they move to.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub to: StoreKind,
+    /// The configuration naming the data directory and the `[store]` database to move to.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Runs `kagi migrate --from sqlite --to postgres --config FILE`: copies every record as it is
+/// (material stays sealed under the same root key: nothing is re-encrypted) into the empty
+/// database, then proves nothing was lost by using every enabled key across the two stores.
+pub(super) fn run_migrate(args: &Args, migrate: &MigrateArgs) -> Result<(), Error> {
+    if (migrate.from, migrate.to) != (StoreKind::Sqlite, StoreKind::Postgres) {
+        return Err(Error::new(
+            exit_code::USAGE,
+            "kagi migrate moves a keystore from sqlite to postgres (--from sqlite --to postgres)",
+        ));
+    }
+    let site = Site::new(args, Some(&migrate.config))?;
+    if !matches!(site.store, StoreSettings::Postgres(_)) {
+        return Err(Error::new(
+            exit_code::USAGE,
+            format!(
+                "{} has no PostgreSQL [store]: add one with the database to migrate to",
+                migrate.config.display()
+            ),
+        ));
+    }
+    // No server may write to the SQLite store meanwhile: what it wrote would be left behind.
+    let _lock = ServerLock::acquire(&site.data_dir)?;
+    runtime()?.block_on(migrate_to(&site, args.output, &migrate.config))
+}
+
+async fn migrate_to(site: &Site, output: Output, config: &Path) -> Result<(), Error> {
+    let storage = |message: String| Error::new(exit_code::STORAGE, message);
+    let from = backup::open_store(&site.data_dir, &StoreSettings::Sqlite, false)
+        .await
+        .map_err(backup_error)?;
+    let to = backup::open_store(&site.data_dir, &site.store, true).await.map_err(backup_error)?;
+    to.restore(from.snapshot().await.map_err(|e| storage(e.to_string()))?).await.map_err(
+        |error| match error {
+            crate::keystore::store::StoreError::AlreadyExists(what) => storage(format!(
+                "the database is not empty ({what}): kagi migrates only into an empty one"
+            )),
+            other => storage(other.to_string()),
+        },
+    )?;
+    let clock = super::clock()?;
+    let audit = Arc::new(
+        FileSink::open(&site.data_dir, &site.audit, site.backend)
+            .map_err(|e| storage(e.to_string()))?,
+    );
+    let source = Keystore::with_store(
+        site.backend,
+        from,
+        site.load_root()?,
+        Arc::clone(&clock),
+        Arc::clone(&audit) as Arc<dyn crate::audit::AuditSink>,
+        site.partition.clone(),
+    );
+    // Opening records the root key's check value in the database, as a node's start does.
+    let destination = Keystore::open_with_store(
+        site.backend,
+        &site.data_dir,
+        site.load_root()?,
+        to,
+        clock,
+        audit,
+        site.partition.clone(),
+    )
+    .await
+    .map_err(|error| storage(error.message().to_owned()))?;
+    let ctx = context(site.backend)?;
+    let proof =
+        backup::prove_nothing_lost(&source, &destination, &ctx).await.map_err(backup_error)?;
+    let StoreSettings::Postgres(settings) = &site.store else { unreachable!("checked above") };
+    let database = crate::keystore::store::redact_url(&settings.url);
+    // From now on the data directory's keys are the database's: commands refuse the old file.
+    crate::server::write_atomically(
+        &site.data_dir.join(super::SHARED_STORE_MARKER),
+        database.as_bytes(),
+    )
+    .map_err(|e| storage(format!("cannot mark {} as migrated: {e}", site.data_dir.display())))?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "Database": database,
+                "Keys": proof.counts.keys,
+                "Versions": proof.counts.versions,
+                "Aliases": proof.counts.aliases,
+                "ImportTokens": proof.counts.import_tokens,
+                "Unsealed": proof.unsealed,
+                "EncryptDecrypt": proof.encrypt_decrypt,
+                "SignVerify": proof.sign_verify,
+                "Mac": proof.mac,
+                "KeyAgreement": proof.key_agreement,
+            })
+        ),
+        Output::Table => {
+            println!("migrated {} to {database}", counts_text(&proof.counts));
+            println!(
+                "proved: {} versions unsealed; across the two stores {} keys encrypted and \
+                 decrypted, {} signed and verified, {} MACs verified, {} shared secrets equal",
+                proof.unsealed,
+                proof.encrypt_decrypt,
+                proof.sign_verify,
+                proof.mac,
+                proof.key_agreement
+            );
+            println!(
+                "{} keeps the old keystore.db, no longer used: start `kagi serve --config {}`",
+                site.data_dir.display(),
+                config.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -933,6 +933,17 @@ impl Keystore {
         Ok(loaded)
     }
 
+    /// Key `key_id` as the store holds it now, bypassing (and not filling) the cache.
+    async fn load_fresh(&self, key_id: &str) -> Result<LoadedKey, Error> {
+        let record = self
+            .store
+            .key(key_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("Key '{}'", self.key_arn(key_id))))?;
+        let versions = self.store.versions(key_id).await?;
+        self.load(record, versions)
+    }
+
     async fn key_id_of(&self, key_ref: &str, allow_alias: bool) -> Result<String, Error> {
         if key_ref.is_empty() || key_ref.len() > 2048 {
             return Err(Error::validation("KeyId must have length between 1 and 2048"));
@@ -1074,8 +1085,10 @@ impl Keystore {
         let key_id = self.key_id_of(key_ref, allow_alias).await?;
         let _writer = self.write_lock.lock().await;
         for _ in 0..attempts {
-            self.invalidate(&key_id);
-            let loaded = self.resolve(&key_id, false).await?;
+            // Read the store, not the cache (another node may have changed the key), and leave
+            // the cache alone until the change commits: with the store unreachable, keys
+            // already loaded keep serving.
+            let loaded = self.load_fresh(&key_id).await?;
             lifecycle::check(class, &loaded.record, &loaded.arn)?;
             let mut record = loaded.record.clone();
             record.revision += 1;
@@ -1090,9 +1103,13 @@ impl Keystore {
             };
             trail.before_commit(&loaded.arn, material_id.as_deref()).await?;
             let result = self.store.update_key(update).await;
-            self.invalidate(&key_id);
-            if delete_aliases {
-                self.invalidate_aliases();
+            // Committed, or another change won: what was cached is stale. Unavailable: the
+            // outcome is unknown, and the change feed tells once the store answers again.
+            if matches!(result, Ok(()) | Err(store::StoreError::Conflict)) {
+                self.invalidate(&key_id);
+                if delete_aliases {
+                    self.invalidate_aliases();
+                }
             }
             let error = match result {
                 Ok(()) => return Ok(loaded.arn.clone()),

@@ -6,6 +6,7 @@
 //! and say so with a `FIXME:` comment.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,11 +69,67 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
+/// Runs `work` to completion on a runtime of its own (a harness is made outside async code).
+fn on_own_runtime<F>(work: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work)
+    })
+    .join()
+    .expect("store thread")
+}
+
+/// Whether this run keeps keystores in PostgreSQL (see [`test_store`]).
+fn on_postgres() -> bool {
+    std::env::var("KAGI_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+/// With `KAGI_TEST_STORE=postgres` (`.ci/run` runs this suite so a second time), the keystores
+/// of this suite keep their records in PostgreSQL, a new database per data directory (its URL
+/// kept in the directory, so a reopened keystore finds its records), instead of SQLite.
+fn test_store(dir: &Path) -> Option<Arc<dyn Store>> {
+    if !on_postgres() {
+        return None;
+    }
+    let url_file = dir.join("test-postgres-url");
+    let url = match std::fs::read_to_string(&url_file) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = on_own_runtime(store::tests::postgres_database())
+                .expect("KAGI_TEST_STORE=postgres needs KAGI_TEST_POSTGRES");
+            std::fs::write(&url_file, &url).expect("keep the test database's URL");
+            url
+        }
+    };
+    // Connections made on that runtime close with it; the pool then opens new ones.
+    let options = store::tests::options(&url);
+    let opened = on_own_runtime(async move { store::PostgresStore::open(&options).await });
+    Some(Arc::new(opened.expect("open the test database")))
+}
+
 fn open_at(
     dir: &Path,
     clock: &Arc<ManualClock>,
     audit: &Arc<RecordingSink>,
 ) -> Result<Keystore, Error> {
+    if let Some(store) = test_store(dir) {
+        let root = RootKey::load(backend(), dir, &RootKeySource::File)?;
+        return Ok(Keystore::with_store(
+            backend(),
+            store,
+            root,
+            Arc::clone(clock) as Arc<dyn Clock>,
+            Arc::clone(audit) as Arc<dyn AuditSink>,
+            Partition::default(),
+        ));
+    }
     Keystore::open(
         backend(),
         dir,
@@ -2338,13 +2395,13 @@ async fn reopen_keeps_keys_and_refuses_wrong_root_or_newer_schema() {
     restored.describe_key(&ctx(), &sym).await.expect("still there");
     drop(restored);
 
-    // A database from a newer kagi.
-    {
+    // A database from a newer kagi (PostgreSQL's check: store::tests).
+    if !on_postgres() {
         let db = rusqlite::Connection::open(dir.path().join("keystore.db")).expect("sqlite");
         db.execute("UPDATE meta SET value = 99 WHERE name = 'schema_version'", [])
             .expect("update schema version");
+        assert!(open_at(dir.path(), &clock, &audit).is_err());
     }
-    assert!(open_at(dir.path(), &clock, &audit).is_err());
 
     // A directory that holds no keystore.
     let empty = tempfile::tempdir().expect("tempdir");
@@ -2687,6 +2744,10 @@ impl AuditSink for StuckSink {
 
 #[tokio::test]
 async fn a_stuck_sink_fails_the_operation_within_its_timeout() {
+    if on_postgres() {
+        // Paused time also runs out the database's deadline: this checks the audit's alone.
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     Keystore::init(backend(), dir.path(), &RootKeySource::File).expect("init");
     let clock = Arc::new(ManualClock::new(T0));

@@ -466,8 +466,18 @@ pub async fn api_resolver(
         };
         let issuer = CertIssuer::new(keystore, &ctx, &store);
         issuer.check_new(API_CERTIFICATE)?;
-        let key_id =
-            issuer.new_key(API_CERTIFICATE, KeySpec::EccNistP256, Some(API_KEY_ALIAS)).await?;
+        // Nodes sharing a store share the API key: a node joining a cluster certifies the
+        // key another node made (each node keeps its own self-signed certificate for it).
+        let existing = match keystore.describe_key(&ctx, API_KEY_ALIAS).await {
+            Ok(metadata) if metadata.record.state == KeyState::Enabled => Some(metadata.record.id),
+            _ => None,
+        };
+        let key_id = match existing {
+            Some(key_id) => key_id,
+            None => {
+                issuer.new_key(API_CERTIFICATE, KeySpec::EccNistP256, Some(API_KEY_ALIAS)).await?
+            }
+        };
         let (dns_names, ip_addresses): (Vec<String>, Vec<String>) =
             tls_names.iter().cloned().partition(|name| name.parse::<IpAddr>().is_err());
         let ips: Vec<IpAddr> = ip_addresses.iter().filter_map(|ip| ip.parse().ok()).collect();

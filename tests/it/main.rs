@@ -97,3 +97,6 @@ mod hostile;
 // The authorization matrix: principals × operations × keys through the KMS API (ids, ARNs,
 // aliases, grants, explicit denies, ReEncrypt's two keys) and the envelope routes' principals.
 mod authz;
+
+// Several nodes on one PostgreSQL database; `kagi migrate`.
+mod cluster;

@@ -272,7 +272,7 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
     /// The leaf certificate the server presented.
     leaf: Option<CertificateDer<'static>>,
-    resumed: bool,
+    pub(crate) resumed: bool,
 }
 
 impl Answer {

@@ -1,6 +1,7 @@
 //! Test harness: a temporary data directory and the real `kagi` binary run against it; `kagi
 //! serve` started for a test ([`server`]) and the Python tools that drive it ([`python`]).
 
+pub(crate) mod postgres;
 pub(crate) mod python;
 pub(crate) mod server;
 

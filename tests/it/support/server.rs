@@ -108,7 +108,7 @@ impl Server {
     /// Starts a server on `data_dir` without waiting for it to listen: a sealed start, which
     /// waits for `kagi unseal` first. [`Server::wait_until_ready`] then waits for it.
     pub(crate) fn spawn_on(data_dir: &Path, principals: &[TestPrincipal]) -> Self {
-        Self::spawn(&[], Some(data_dir), principals, "", "", "")
+        Self::spawn(&[], Some(data_dir), principals, "", "", "", &[], &[])
     }
 
     fn launch(
@@ -119,11 +119,28 @@ impl Server {
         api: &str,
         extra: &str,
     ) -> Self {
-        let mut server = Self::spawn(wrapper, data_dir, principals, quotas, api, extra);
+        let mut server = Self::spawn(wrapper, data_dir, principals, quotas, api, extra, &[], &[]);
         server.wait_until_ready();
         server
     }
 
+    /// Starts a node of a cluster on `data_dir`: `keystore` lines go into `[keystore]`,
+    /// `extra` after the generated configuration (a `[store]` table, say), `env` into its
+    /// environment (`KAGI_FAKE_NOW`, say); waits until it listens.
+    pub(crate) fn start_node(
+        data_dir: &Path,
+        principals: &[TestPrincipal],
+        keystore: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut server =
+            Self::spawn(&[], Some(data_dir), principals, "", "", extra, &[keystore], env);
+        server.wait_until_ready();
+        server
+    }
+
+    #[allow(clippy::too_many_arguments)] // One private constructor behind the public ones.
     fn spawn(
         wrapper: &[&str],
         data_dir: Option<&Path>,
@@ -131,11 +148,13 @@ impl Server {
         quotas: &str,
         api: &str,
         extra: &str,
+        keystore: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_owned);
         let config = dir.path().join("kagi.toml");
-        let mut text = config_text(&data_dir, principals, quotas, api);
+        let mut text = config_text(&data_dir, principals, quotas, api, &keystore.join("\n"));
         text.push('\n');
         text.push_str(extra);
         std::fs::write(&config, text).expect("config");
@@ -160,6 +179,7 @@ impl Server {
             .env_remove("KAGI_DATA_DIR")
             .env_remove("KAGI_ROOT_PASSPHRASE_ENV")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -287,9 +307,15 @@ impl Drop for Server {
     }
 }
 
-fn config_text(data_dir: &Path, principals: &[TestPrincipal], quotas: &str, api: &str) -> String {
+fn config_text(
+    data_dir: &Path,
+    principals: &[TestPrincipal],
+    quotas: &str,
+    api: &str,
+    keystore: &str,
+) -> String {
     let mut text = format!(
-        "[keystore]\ndata_dir = {data:?}\nregion = {REGION:?}\naccount = {ACCOUNT:?}\n\n\
+        "[keystore]\ndata_dir = {data:?}\nregion = {REGION:?}\naccount = {ACCOUNT:?}\n{keystore}\n\n\
          [api]\nlisten = \"127.0.0.1:0\"\n{api}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
         data = data_dir.to_str().expect("utf-8 path"),
     );
