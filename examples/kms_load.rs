@@ -1,8 +1,11 @@
-//! A KMS load generator: several keep-alive connections issuing SigV4-signed Encrypt requests
-//! for a fixed time, then requests/s and latency percentiles as one JSON line.
+//! A KMS load generator: several keep-alive connections issuing SigV4-signed Encrypt (or
+//! GenerateDataKey) requests for a fixed time, then requests/s and latency percentiles as one
+//! JSON line. Given several endpoints (nodes of one cluster), it spreads the connections over
+//! them in turn.
 //!
 //! `bench/kms_vs_moto.sh` runs it against kagi and against moto's server with the same
-//! settings. It runs on one thread, so on a 2-core machine the server under test has the other.
+//! settings, `bench/cluster_vs_sqlite.sh` against 1–3 nodes on PostgreSQL and one on SQLite.
+//! It runs on one thread, so on a 2-core machine the server under test has the other.
 //!
 //! ```text
 //! cargo run --release --example kms_load -- --endpoint https://127.0.0.1:8443 \
@@ -21,12 +24,16 @@ use serde_json::json;
 /// Encrypt load against a KMS endpoint.
 #[derive(Debug, Parser)]
 struct Args {
-    /// `https://HOST:PORT` (TLS, trusting --ca-bundle) or `http://HOST:PORT`.
+    /// `https://HOST:PORT` (TLS, trusting --ca-bundle) or `http://HOST:PORT`; repeat it for
+    /// several nodes.
+    #[arg(long, required = true)]
+    endpoint: Vec<String>,
+    /// The PEM files to trust for https endpoints (all of them trusted for each).
     #[arg(long)]
-    endpoint: String,
-    /// The PEM file to trust for https endpoints.
-    #[arg(long)]
-    ca_bundle: Option<std::path::PathBuf>,
+    ca_bundle: Vec<std::path::PathBuf>,
+    /// `Encrypt` or `GenerateDataKey` (AES_256).
+    #[arg(long, default_value = "Encrypt")]
+    operation: String,
     /// The TLS server name (default: localhost).
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -50,17 +57,26 @@ struct Args {
     http2: bool,
 }
 
-async fn connect(args: &Args, credentials: &Arc<Credentials>) -> Client {
+async fn connect(args: &Args, credentials: &Arc<Credentials>, which: usize) -> Client {
     let credentials = Arc::clone(credentials);
-    if let Some(address) = args.endpoint.strip_prefix("http://") {
+    let endpoint = &args.endpoint[which % args.endpoint.len()];
+    if let Some(address) = endpoint.strip_prefix("http://") {
         return Client::connect_plain(address.trim_end_matches('/'), credentials)
             .await
             .expect("connect");
     }
-    let address = args.endpoint.strip_prefix("https://").expect("http:// or https://");
+    let address = endpoint.strip_prefix("https://").expect("http:// or https://");
     let version = if args.http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
-    let ca = args.ca_bundle.as_deref().expect("--ca-bundle for https");
-    let tls = Arc::new(tls_config(ca, version).expect("CA bundle"));
+    assert!(!args.ca_bundle.is_empty(), "--ca-bundle for https");
+    // One bundle trusting every node's certificate.
+    let mut pem = Vec::new();
+    for path in &args.ca_bundle {
+        pem.extend(std::fs::read(path).expect("CA bundle"));
+        pem.push(b'\n');
+    }
+    let bundle = std::env::temp_dir().join(format!("kms_load-{}.pem", std::process::id()));
+    std::fs::write(&bundle, &pem).expect("write the bundle");
+    let tls = Arc::new(tls_config(&bundle, version).expect("CA bundle"));
     Client::connect(address.trim_end_matches('/'), &args.server_name, tls, version, credentials)
         .await
         .expect("connect")
@@ -78,19 +94,25 @@ async fn run(args: Arc<Args>) {
         secret: SecretBytes::from_slice(args.secret.as_bytes()),
         region: args.region.clone(),
     });
-    let mut setup = connect(&args, &credentials).await;
+    let mut setup = connect(&args, &credentials, 0).await;
     let key = setup.call("CreateKey", &json!({"Description": "load test"})).await.expect("key");
     let key_id = key["KeyMetadata"]["KeyId"].as_str().expect("KeyId").to_owned();
     let plaintext =
         base64::engine::general_purpose::STANDARD.encode(vec![7u8; args.plaintext_bytes]);
-    let input = Arc::new(
-        json!({"KeyId": key_id, "Plaintext": plaintext, "EncryptionContext": {"bench": "1"}}),
-    );
+    let input = Arc::new(match args.operation.as_str() {
+        "Encrypt" => {
+            json!({"KeyId": key_id, "Plaintext": plaintext, "EncryptionContext": {"bench": "1"}})
+        }
+        "GenerateDataKey" => {
+            json!({"KeyId": key_id, "KeySpec": "AES_256", "EncryptionContext": {"bench": "1"}})
+        }
+        other => panic!("--operation {other}: Encrypt or GenerateDataKey"),
+    });
     let warm_up = Instant::now() + Duration::from_secs(1);
     let end = warm_up + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
-    for _ in 0..args.connections {
-        let mut client = connect(&args, &credentials).await;
+    for which in 0..args.connections {
+        let mut client = connect(&args, &credentials, which).await;
         let input = Arc::clone(&input);
         let (args, credentials) = (Arc::clone(&args), Arc::clone(&credentials));
         tasks.push(tokio::spawn(async move {
@@ -104,10 +126,10 @@ async fn run(args: Arc<Args>) {
                 if !client.is_open() {
                     // Servers that close after each answer (moto's development server) pay
                     // for a new connection per request; that is part of their rate.
-                    client = connect(&args, &credentials).await;
+                    client = connect(&args, &credentials, which).await;
                     reconnects += 1;
                 }
-                let result = client.call("Encrypt", &input).await;
+                let result = client.call(&args.operation, &input).await;
                 if start >= warm_up {
                     match result {
                         Ok(_) => latencies.push(start.elapsed().as_micros() as u32),
@@ -134,6 +156,7 @@ async fn run(args: Arc<Args>) {
     };
     let report = json!({
         "endpoint": args.endpoint,
+        "operation": args.operation,
         "connections": args.connections,
         "seconds": args.seconds,
         "requests": latencies.len(),

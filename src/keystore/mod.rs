@@ -18,9 +18,10 @@
 //!
 //! # Caching
 //!
-//! Unsealed material and key records are cached in memory per key and dropped on every change
-//! this process makes. One process owns a data directory (see ARCHITECTURE.md), so the cache is
-//! never stale.
+//! Unsealed material, key records and alias targets are cached in memory and dropped on every
+//! change this process makes. On SQLite one process owns the store, so the cache is never
+//! stale; nodes sharing a PostgreSQL store also drop what the store's change feed says another
+//! node changed, within one poll interval (`cluster.rs`).
 
 mod access;
 pub mod ciphertext;

@@ -6,6 +6,7 @@
 #   tests/pg/cluster.sh stop DIR           fast shutdown
 #   tests/pg/cluster.sh restart DIR        stop, then start on the same settings
 #
+# fsync is off (throwaway data) unless KAGI_PG_FSYNC=on.
 # initdb and postgres refuse to run as root: as root they run as the `postgres` user.
 set -euo pipefail
 
@@ -48,7 +49,7 @@ start() {
     echo "$port" >"$dir/port"
     echo "$listen" >"$dir/listen"
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-k $dir -p $port -c listen_addresses='$listen' -c fsync=off -c max_connections=200" start >/dev/null
+        -o "-k $dir -p $port -c listen_addresses='$listen' -c fsync=${KAGI_PG_FSYNC:-off} -c max_connections=200" start >/dev/null
     local host
     host=$(printf '%s' "$dir" | sed 's|/|%2F|g')
     echo "postgres://postgres@${host}:${port}/postgres"
