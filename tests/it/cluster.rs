@@ -27,6 +27,24 @@ fn node(pg: &PgCluster, data_dir: &Path, keystore: &str, env: &[(&str, &str)]) -
     Server::start_node(data_dir, &[ADMIN], keystore, &pg.store_table(), env)
 }
 
+/// Two nodes on `pg`, in data directories `a` and `b` of a temporary directory.
+struct TwoNodes {
+    _dir: tempfile::TempDir,
+    a_dir: std::path::PathBuf,
+    b_dir: std::path::PathBuf,
+    a: Server,
+    b: Server,
+}
+
+fn two_nodes(pg: &PgCluster) -> TwoNodes {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = node(pg, &a_dir, "", &[]);
+    copy_root(&a_dir, &b_dir);
+    let b = node(pg, &b_dir, "", &[]);
+    TwoNodes { _dir: dir, a_dir, b_dir, a, b }
+}
+
 fn copy_root(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for file in ["root.key", "root.check"] {
@@ -97,11 +115,7 @@ fn committed(data_dir: &Path, operation: &str, key: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_keys_and_each_sees_the_others_changes() {
     let Some(pg) = PgCluster::start() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let a = node(&pg, &a_dir, "", &[]);
-    copy_root(&a_dir, &b_dir);
-    let b = node(&pg, &b_dir, "", &[]);
+    let TwoNodes { _dir: _dir_guard, a_dir, b_dir, a, b } = two_nodes(&pg);
     let mut on_a = a.client(HttpVersion::Http1, &ADMIN).await;
     let mut on_b = b.client(HttpVersion::Http1, &ADMIN).await;
 
@@ -158,11 +172,7 @@ async fn nodes_share_keys_and_each_sees_the_others_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_rotations_on_two_nodes_make_one_version_each_time() {
     let Some(pg) = PgCluster::start() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let a = node(&pg, &a_dir, "", &[]);
-    copy_root(&a_dir, &b_dir);
-    let b = node(&pg, &b_dir, "", &[]);
+    let TwoNodes { _dir: _dir_guard, a_dir: _a, b_dir: _b, a, b } = two_nodes(&pg);
     let mut on_a = a.client(HttpVersion::Http1, &ADMIN).await;
     let mut on_b = b.client(HttpVersion::Http1, &ADMIN).await;
     let key = create_key(&mut on_a).await;
@@ -256,11 +266,7 @@ async fn deletion_is_carried_out_once_even_when_a_node_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_going_away_fails_changes_fast_and_keeps_loaded_keys_serving() {
     let Some(pg) = PgCluster::start() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let a = node(&pg, &a_dir, "", &[]);
-    copy_root(&a_dir, &b_dir);
-    let b = node(&pg, &b_dir, "", &[]);
+    let TwoNodes { _dir: _dir_guard, a_dir: _a, b_dir: _b, a, b } = two_nodes(&pg);
     let mut on_a = a.client(HttpVersion::Http1, &ADMIN).await;
     let key = create_key(&mut on_a).await;
     encrypt(&mut on_a, &key).await.expect("loads the key on a");
@@ -330,11 +336,7 @@ async fn the_database_going_away_fails_changes_fast_and_keeps_loaded_keys_servin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_session_from_one_node_resumes_on_another() {
     let Some(pg) = PgCluster::start() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let a = node(&pg, &a_dir, "", &[]);
-    copy_root(&a_dir, &b_dir);
-    let b = node(&pg, &b_dir, "", &[]);
+    let TwoNodes { _dir: _dir_guard, a_dir: _a, b_dir: _b, a, b } = two_nodes(&pg);
     // Each node certified the shared API key with its own self-signed certificate: trust both.
     let mut roots = rustls::RootCertStore::empty();
     for server in [&a, &b] {

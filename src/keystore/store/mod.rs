@@ -104,6 +104,38 @@ pub struct Changes {
     pub all: bool,
 }
 
+impl Changes {
+    /// The feed at `head` for a reader at `cursor`, whose entries (key id, alias name) after
+    /// `cursor` up to `head` `entries` reads; `floor` is the newest entry the feed dropped.
+    /// A reader with no cursor yet, or one the feed left behind (or a feed that restarted
+    /// below it), reads no entries.
+    pub(crate) fn read<E, I>(
+        cursor: Option<i64>,
+        head: i64,
+        floor: i64,
+        entries: E,
+    ) -> Result<Self, StoreError>
+    where
+        E: FnOnce(i64) -> Result<I, StoreError>,
+        I: IntoIterator<Item = (Option<String>, Option<String>)>,
+    {
+        let Some(cursor) = cursor else { return Ok(Self { cursor: head, ..Self::default() }) };
+        if cursor < floor || cursor > head {
+            return Ok(Self { cursor: head, keys: Vec::new(), aliases: true, all: true });
+        }
+        let mut changes = Self { cursor: head, ..Self::default() };
+        for (key_id, alias) in entries(cursor)? {
+            if let Some(key_id) = key_id
+                && !changes.keys.contains(&key_id)
+            {
+                changes.keys.push(key_id);
+            }
+            changes.aliases |= alias.is_some();
+        }
+        Ok(changes)
+    }
+}
+
 /// How [`Store::put_alias`] treats an existing alias.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum AliasWrite {

@@ -699,32 +699,19 @@ impl Store for PostgresStore {
             let row =
                 transaction.query_one("SELECT head, floor FROM feed", &[]).await.map_err(pg)?;
             let (head, floor): (i64, i64) = (row.get(0), row.get(1));
-            let Some(cursor) = cursor else {
-                return Ok(Changes { cursor: head, ..Changes::default() });
-            };
-            if cursor < floor || cursor > head {
-                // Entries this reader had not seen were pruned (or the database was replaced).
-                return Ok(Changes { cursor: head, keys: Vec::new(), aliases: true, all: true });
-            }
-            let rows = transaction
-                .query(
-                    "SELECT key_id, alias FROM changes WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-                    &[&cursor, &head],
-                )
-                .await
-                .map_err(pg)?;
-            let mut changes = Changes { cursor: head, ..Changes::default() };
-            for row in &rows {
-                let key_id: Option<String> = row.get(0);
-                let alias: Option<String> = row.get(1);
-                if let Some(key_id) = key_id
-                    && !changes.keys.contains(&key_id)
-                {
-                    changes.keys.push(key_id);
+            let rows = match cursor {
+                Some(cursor) if (floor..=head).contains(&cursor) => {
+                    transaction
+                        .query(
+                            "SELECT key_id, alias FROM changes WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                            &[&cursor, &head],
+                        )
+                        .await
+                        .map_err(pg)?
                 }
-                changes.aliases |= alias.is_some();
-            }
-            Ok(changes)
+                _ => Vec::new(),
+            };
+            Changes::read(cursor, head, floor, |_| Ok(rows.iter().map(|row| (row.get(0), row.get(1)))))
         })
     }
 

@@ -491,35 +491,18 @@ impl Store for SqliteStore {
             let head: i64 = transaction
                 .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |row| row.get(0))
                 .map_err(db)?;
-            let Some(cursor) = cursor else {
-                return Ok(Changes { cursor: head, ..Changes::default() });
-            };
             let floor = setting(&transaction, "changes_floor")?
                 .and_then(|value| String::from_utf8(value).ok()?.parse::<i64>().ok())
                 .unwrap_or(0);
-            if cursor < floor || cursor > head {
-                // Entries this reader had not seen were pruned (or the feed restarted).
-                return Ok(Changes { cursor: head, keys: Vec::new(), aliases: true, all: true });
-            }
-            let mut statement = transaction
-                .prepare("SELECT key_id, alias FROM changes WHERE seq > ?1 AND seq <= ?2")
-                .map_err(db)?;
-            let rows = statement
-                .query_map(params![cursor, head], |row| {
-                    Ok((row.get::<_, Option<String>>(0)?, row.get::<_, Option<String>>(1)?))
-                })
-                .map_err(db)?;
-            let mut changes = Changes { cursor: head, ..Changes::default() };
-            for row in rows {
-                let (key_id, alias) = row.map_err(db)?;
-                if let Some(key_id) = key_id
-                    && !changes.keys.contains(&key_id)
-                {
-                    changes.keys.push(key_id);
-                }
-                changes.aliases |= alias.is_some();
-            }
-            Ok(changes)
+            Changes::read(cursor, head, floor, |cursor| {
+                let mut statement = transaction
+                    .prepare("SELECT key_id, alias FROM changes WHERE seq > ?1 AND seq <= ?2")
+                    .map_err(db)?;
+                let rows = statement
+                    .query_map(params![cursor, head], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(db)?;
+                rows.map(|row| row.map_err(db)).collect::<Result<Vec<_>, _>>()
+            })
         })
     }
 
