@@ -67,6 +67,12 @@ pub(super) fn run(args: &super::Args, check: &CheckConfigArgs) -> Result<(), Err
     }
     let keys = if !exists {
         "not checked: the data directory does not exist yet".to_owned()
+    } else if let crate::keystore::store::StoreSettings::Postgres(settings) = &config.store {
+        format!(
+            "not checked here: the keys are in {} (SIGHUP a node: its reload checks them and \
+             refuses the file naming the problem)",
+            crate::keystore::store::redact_url(&settings.url)
+        )
     } else {
         match remote::access(&config.data_dir)? {
             Access::Remote(info) => format!(

@@ -64,6 +64,7 @@ CREATE TABLE changes (
     alias TEXT,
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE INDEX changes_at ON changes (at);
 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL);
 CREATE TABLE settings (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 "];
