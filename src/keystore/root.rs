@@ -169,18 +169,7 @@ impl RootKey {
             )));
         }
         let key = match source {
-            RootKeySource::File => {
-                let path = data_dir.join(KEY_FILE);
-                let bytes = SecretBytes::new(fs::read(&path).map_err(|error| {
-                    Error::validation(format!(
-                        "cannot read the root key {}: {error}",
-                        path.display()
-                    ))
-                })?);
-                AesKey::from_slice(bytes.expose_secret()).map_err(|_| {
-                    Error::validation(format!("the root key {} is not 32 bytes", path.display()))
-                })?
-            }
+            RootKeySource::File => read_key_file(data_dir, "")?,
             RootKeySource::Shares { .. } => {
                 return Err(Error::internal("shares are loaded above: this is a bug"));
             }
@@ -222,18 +211,7 @@ impl RootKey {
             )));
         }
         let key = match source {
-            RootKeySource::File => {
-                let path = data_dir.join(KEY_FILE);
-                let bytes = SecretBytes::new(fs::read(&path).map_err(|error| {
-                    Error::validation(format!(
-                        "cannot read the root key {}: {error} (copy the root key there first)",
-                        path.display()
-                    ))
-                })?);
-                AesKey::from_slice(bytes.expose_secret()).map_err(|_| {
-                    Error::validation(format!("the root key {} is not 32 bytes", path.display()))
-                })?
-            }
+            RootKeySource::File => read_key_file(data_dir, " (copy the root key there first)")?,
             RootKeySource::Passphrase { env_var } => {
                 let path = data_dir.join(SALT_FILE);
                 let salt = match fs::read(&path) {
@@ -502,6 +480,16 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut file = options.open(path).map_err(|e| io_error(path, &e))?;
     file.write_all(bytes).map_err(|e| io_error(path, &e))?;
     file.sync_all().map_err(|e| io_error(path, &e))
+}
+
+/// The root key file of `data_dir`; `hint` ends the message when it cannot be read.
+fn read_key_file(data_dir: &Path, hint: &str) -> Result<AesKey, Error> {
+    let path = data_dir.join(KEY_FILE);
+    let bytes = SecretBytes::new(fs::read(&path).map_err(|error| {
+        Error::validation(format!("cannot read the root key {}: {error}{hint}", path.display()))
+    })?);
+    AesKey::from_slice(bytes.expose_secret())
+        .map_err(|_| Error::validation(format!("the root key {} is not 32 bytes", path.display())))
 }
 
 pub(super) fn io_error(path: &Path, error: &std::io::Error) -> Error {
