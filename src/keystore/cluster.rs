@@ -83,6 +83,14 @@ impl Keystore {
         Ok(self.store.try_lease(name, &self.node_id, seconds).await?)
     }
 
+    /// Gives up the lease `name` if this process holds it (at a clean shutdown).
+    ///
+    /// # Errors
+    /// When the store cannot be reached (the lease then runs out by itself).
+    pub async fn release_lease(&self, name: &str) -> Result<(), Error> {
+        Ok(self.store.release_lease(name, &self.node_id).await?)
+    }
+
     /// A secret every node holding the root key derives alike for `label` (TLS session-ticket
     /// keys), never the root key itself.
     ///

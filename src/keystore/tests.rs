@@ -2953,6 +2953,9 @@ impl Store for PausingStore {
     fn try_lease(&self, name: &str, holder: &str, ttl_seconds: i64) -> StoreFuture<'_, bool> {
         self.inner.try_lease(name, holder, ttl_seconds)
     }
+    fn release_lease(&self, name: &str, holder: &str) -> StoreFuture<'_, ()> {
+        self.inner.release_lease(name, holder)
+    }
     fn meta(&self, name: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
         self.inner.meta(name)
     }

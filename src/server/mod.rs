@@ -232,6 +232,11 @@ pub async fn serve(
     if !drain.finish(drain_timeout).await {
         tracing::warn!(target: "kagi::server", "drain timed out; closing the remaining connections");
     }
+    if shared.is_some()
+        && let Err(error) = keystore.release_lease("sweeper").await
+    {
+        tracing::warn!(target: "kagi::sweeper", %error, "cannot release the sweeper lease; it runs out by itself");
+    }
     Ok(())
 }
 

@@ -202,6 +202,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// clock), unless another holder's lease is still running. True when `holder` holds it.
     fn try_lease(&self, name: &str, holder: &str, ttl_seconds: i64) -> StoreFuture<'_, bool>;
 
+    /// Gives up the lease `name` if `holder` holds it (a node stopping cleanly), so another
+    /// node need not wait for it to run out.
+    fn release_lease(&self, name: &str, holder: &str) -> StoreFuture<'_, ()>;
+
     /// A value of the store's `meta` table (the root key's check value, say).
     fn meta(&self, name: &str) -> StoreFuture<'_, Option<Vec<u8>>>;
 

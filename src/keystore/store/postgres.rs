@@ -735,6 +735,18 @@ impl Store for PostgresStore {
         })
     }
 
+    fn release_lease(&self, name: &str, holder: &str) -> StoreFuture<'_, ()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.timed(async move {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM leases WHERE name = $1 AND holder = $2", &[&name, &holder])
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+
     fn meta(&self, name: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
         let name = name.to_owned();
         self.timed(async move {

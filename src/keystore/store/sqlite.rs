@@ -525,6 +525,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn release_lease(&self, name: &str, holder: &str) -> StoreFuture<'_, ()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                    params![name, holder],
+                )
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn meta(&self, name: &str) -> StoreFuture<'_, Option<Vec<u8>>> {
         let name = name.to_owned();
         self.run(move |connection| setting(connection, &name))

@@ -141,6 +141,11 @@ pub(crate) async fn contract(store: &dyn Store) {
     // An expired lease passes to whoever asks.
     assert!(store.try_lease("short", "node-1", -1).await.expect("lease"));
     assert!(store.try_lease("short", "node-2", 60).await.expect("take over"));
+    // Released by its holder only, then free for anyone.
+    store.release_lease("sweep", "node-2").await.expect("not the holder: no-op");
+    assert!(!store.try_lease("sweep", "node-2", 60).await.expect("still node-1's"));
+    store.release_lease("sweep", "node-1").await.expect("release");
+    assert!(store.try_lease("sweep", "node-2", 60).await.expect("free"));
 
     // Settings are written once.
     assert_eq!(store.meta("root_check").await.expect("meta"), None);
