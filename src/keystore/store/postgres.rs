@@ -290,6 +290,17 @@ impl PostgresStore {
     }
 }
 
+/// A read-only transaction seeing one moment of the database (REPEATABLE READ).
+async fn read_transaction(client: &mut Client) -> Result<Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
+}
+
 fn pg(error: tokio_postgres::Error) -> StoreError {
     if error.is_closed() || error.as_db_error().is_none() {
         // The connection, not the statement: the database is down or unreachable.
@@ -622,13 +633,7 @@ impl Store for PostgresStore {
     fn snapshot(&self) -> StoreFuture<'_, StoreSnapshot> {
         self.timed(async move {
             let mut client = self.client().await?;
-            let transaction = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg)?;
+            let transaction = read_transaction(&mut client).await?;
             let keys = read_keys(&transaction).await?;
             let versions = read_versions(&transaction, None).await?;
             let aliases = read_aliases(&transaction).await?;
@@ -690,13 +695,7 @@ impl Store for PostgresStore {
     fn changes(&self, cursor: Option<i64>) -> StoreFuture<'_, Changes> {
         self.timed(async move {
             let mut client = self.client().await?;
-            let transaction = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg)?;
+            let transaction = read_transaction(&mut client).await?;
             let row =
                 transaction.query_one("SELECT head, floor FROM feed", &[]).await.map_err(pg)?;
             let (head, floor): (i64, i64) = (row.get(0), row.get(1));
