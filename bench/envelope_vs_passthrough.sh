@@ -43,16 +43,6 @@ gets=5
 . bench/lib.sh
 install_missing wrk:wrk curl:curl
 build_kagi
-stop() { # PID: kill it, wait for it to exit, forget it (so cleanup never kills a reused PID)
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    local kept=() pid
-    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
-    pids=("${kept[@]}")
-}
-ready_field() { # READY-FILE PYTHON-EXPRESSION-ON-j
-    python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
-}
 
 # --- the upstream: one sample backend, shared ---------------------------------------------
 "$kagi" sample-backend --listen 127.0.0.1:0 --ready-file "$work/backend.addr" 2>"$work/backend.log" &
@@ -66,43 +56,7 @@ data=$work/kagi-data
 "$kagi" --data-dir "$data" init >/dev/null
 access_key=AKIAKAGIBENCH0000000
 secret=bench-secret-0123456789
-principals=$(cat <<TOML
-[[principals]]
-name = "bench"
-access_key_id = "$access_key"
-secret = "$secret"
-administrator = true
-TOML
-)
-cat > "$work/api.toml" <<TOML
-[keystore]
-data_dir = "$data"
-[api]
-listen = "127.0.0.1:0"
-$principals
-TOML
-"$kagi" serve --config "$work/api.toml" --ready-file "$work/api.ready" 2>"$work/api.log" &
-api_pid=$!
-pids+=("$api_pid")
-wait_for "$work/api.ready" "$api_pid"
-api=$(ready_field "$work/api.ready" 'j["api"]')
-api_ca=$(ready_field "$work/api.ready" 'j["ca_bundle"]')
-kms() { # OPERATION JSON
-    curl -sS --fail-with-body --cacert "$api_ca" --aws-sigv4 "aws:amz:us-east-1:kms" \
-        --user "$access_key:$secret" -H 'Content-Type: application/x-amz-json-1.1' \
-        -H "X-Amz-Target: TrentService.$1" --data-binary "$2" "https://$api/"
-}
-policy=$(python3 -c 'import json; a="arn:aws:iam::111122223333:user/"; print(json.dumps({
-    "Version": "2012-10-17", "Statement": [
-        {"Sid": "admin", "Effect": "Allow", "Action": "kms:*", "Resource": "*",
-         "Principal": {"AWS": a + "bench"}},
-        {"Sid": "route", "Effect": "Allow", "Resource": "*",
-         "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
-         "Principal": {"AWS": a + "route-enc"}}]}))')
-created=$(kms CreateKey "$(python3 -c 'import json,sys; print(json.dumps({"Policy": sys.argv[1], "Description": "envelope bench"}))' "$policy")")
-key_arn=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["KeyMetadata"]["Arn"])' "$created")
-kms CreateAlias "{\"AliasName\": \"alias/bench\", \"TargetKeyId\": \"$key_arn\"}" >/dev/null
-stop "$api_pid"
+envelope_key "$data" bench alias/bench "envelope bench"
 
 # --- the proxy: two listeners, two routes, one upstream ----------------------------------
 cat > "$work/kagi.toml" <<TOML

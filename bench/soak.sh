@@ -54,19 +54,6 @@ cargo build --release --quiet --bin kagi --example kms_load
 ulimit -n 65536 2>/dev/null || true
 kms_load=$target_dir/release/examples/kms_load
 nice=(nice -n "$niceness") # exec's the command: $! is the command's own PID
-stop() { # PID: kill it, wait for it to exit, forget it (so cleanup never kills a reused PID)
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    forget "$1"
-}
-forget() { # PID
-    local kept=() pid
-    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
-    pids=("${kept[@]}")
-}
-ready_field() { # READY-FILE PYTHON-EXPRESSION-ON-j
-    python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
-}
 
 # --- the upstream -------------------------------------------------------------------------
 "${nice[@]}" "$kagi" sample-backend --listen 127.0.0.1:0 --ready-file "$work/backend.addr" 2>"$work/backend.log" &
@@ -84,43 +71,7 @@ data=$work/kagi-data
 proxy_ca=$data/certs/soak-ca.pem
 access_key=AKIAKAGISOAK00000000
 secret=soak-secret-0123456789
-principals=$(cat <<TOML
-[[principals]]
-name = "soak"
-access_key_id = "$access_key"
-secret = "$secret"
-administrator = true
-TOML
-)
-cat > "$work/api.toml" <<TOML
-[keystore]
-data_dir = "$data"
-[api]
-listen = "127.0.0.1:0"
-$principals
-TOML
-"$kagi" serve --config "$work/api.toml" --ready-file "$work/api.ready" 2>"$work/api.log" &
-api_pid=$!
-pids+=("$api_pid")
-wait_for "$work/api.ready" "$api_pid"
-api=$(ready_field "$work/api.ready" 'j["api"]')
-api_ca=$(ready_field "$work/api.ready" 'j["ca_bundle"]')
-kms() { # OPERATION JSON
-    curl -sS --fail-with-body --cacert "$api_ca" --aws-sigv4 "aws:amz:us-east-1:kms" \
-        --user "$access_key:$secret" -H 'Content-Type: application/x-amz-json-1.1' \
-        -H "X-Amz-Target: TrentService.$1" --data-binary "$2" "https://$api/"
-}
-policy=$(python3 -c 'import json; a="arn:aws:iam::111122223333:user/"; print(json.dumps({
-    "Version": "2012-10-17", "Statement": [
-        {"Sid": "admin", "Effect": "Allow", "Action": "kms:*", "Resource": "*",
-         "Principal": {"AWS": a + "soak"}},
-        {"Sid": "route", "Effect": "Allow", "Resource": "*",
-         "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
-         "Principal": {"AWS": a + "route-enc"}}]}))')
-created=$(kms CreateKey "$(python3 -c 'import json,sys; print(json.dumps({"Policy": sys.argv[1], "Description": "soak"}))' "$policy")")
-key_arn=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["KeyMetadata"]["Arn"])' "$created")
-kms CreateAlias "{\"AliasName\": \"alias/soak\", \"TargetKeyId\": \"$key_arn\"}" >/dev/null
-stop "$api_pid"
+envelope_key "$data" soak alias/soak soak
 
 # --- kagi: the KMS API, the admin listener, one TLS proxy listener with two routes ----------
 cat > "$work/kagi.toml" <<TOML
