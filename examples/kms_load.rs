@@ -57,7 +57,27 @@ struct Args {
     http2: bool,
 }
 
-async fn connect(args: &Args, credentials: &Arc<Credentials>, which: usize) -> Client {
+/// One PEM file trusting every --ca-bundle (each node's certificate), written once.
+fn merged_bundle(args: &Args) -> Option<std::path::PathBuf> {
+    if args.ca_bundle.is_empty() {
+        return None;
+    }
+    let mut pem = Vec::new();
+    for path in &args.ca_bundle {
+        pem.extend(std::fs::read(path).expect("CA bundle"));
+        pem.push(b'\n');
+    }
+    let bundle = std::env::temp_dir().join(format!("kms_load-{}.pem", std::process::id()));
+    std::fs::write(&bundle, &pem).expect("write the bundle");
+    Some(bundle)
+}
+
+async fn connect(
+    args: &Args,
+    bundle: Option<&std::path::Path>,
+    credentials: &Arc<Credentials>,
+    which: usize,
+) -> Client {
     let credentials = Arc::clone(credentials);
     let endpoint = &args.endpoint[which % args.endpoint.len()];
     if let Some(address) = endpoint.strip_prefix("http://") {
@@ -67,16 +87,8 @@ async fn connect(args: &Args, credentials: &Arc<Credentials>, which: usize) -> C
     }
     let address = endpoint.strip_prefix("https://").expect("http:// or https://");
     let version = if args.http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
-    assert!(!args.ca_bundle.is_empty(), "--ca-bundle for https");
-    // One bundle trusting every node's certificate.
-    let mut pem = Vec::new();
-    for path in &args.ca_bundle {
-        pem.extend(std::fs::read(path).expect("CA bundle"));
-        pem.push(b'\n');
-    }
-    let bundle = std::env::temp_dir().join(format!("kms_load-{}.pem", std::process::id()));
-    std::fs::write(&bundle, &pem).expect("write the bundle");
-    let tls = Arc::new(tls_config(&bundle, version).expect("CA bundle"));
+    let tls =
+        Arc::new(tls_config(bundle.expect("--ca-bundle for https"), version).expect("CA bundle"));
     Client::connect(address.trim_end_matches('/'), &args.server_name, tls, version, credentials)
         .await
         .expect("connect")
@@ -94,7 +106,8 @@ async fn run(args: Arc<Args>) {
         secret: SecretBytes::from_slice(args.secret.as_bytes()),
         region: args.region.clone(),
     });
-    let mut setup = connect(&args, &credentials, 0).await;
+    let bundle = Arc::new(merged_bundle(&args));
+    let mut setup = connect(&args, (*bundle).as_deref(), &credentials, 0).await;
     let key = setup.call("CreateKey", &json!({"Description": "load test"})).await.expect("key");
     let key_id = key["KeyMetadata"]["KeyId"].as_str().expect("KeyId").to_owned();
     let plaintext =
@@ -112,9 +125,10 @@ async fn run(args: Arc<Args>) {
     let end = warm_up + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for which in 0..args.connections {
-        let mut client = connect(&args, &credentials, which).await;
+        let mut client = connect(&args, (*bundle).as_deref(), &credentials, which).await;
         let input = Arc::clone(&input);
         let (args, credentials) = (Arc::clone(&args), Arc::clone(&credentials));
+        let bundle = Arc::clone(&bundle);
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
             let mut reconnects = 0u64;
@@ -126,7 +140,7 @@ async fn run(args: Arc<Args>) {
                 if !client.is_open() {
                     // Servers that close after each answer (moto's development server) pay
                     // for a new connection per request; that is part of their rate.
-                    client = connect(&args, &credentials, which).await;
+                    client = connect(&args, (*bundle).as_deref(), &credentials, which).await;
                     reconnects += 1;
                 }
                 let result = client.call(&args.operation, &input).await;
