@@ -13,12 +13,13 @@
 //!
 //! 1. The header: `{"format":"kagi-backup","format_version":1,"kagi_version":"0.1.0",
 //!    "created":EPOCH,"store":"sqlite","root_check":B64,"root_salt":B64|null,
-//!    "partition":{"region":…,"account":…},"counts":{"keys":N,"versions":N,"aliases":N,
+//!    "root_lineage":B64|null,"partition":{"region":…,"account":…},"counts":{"keys":N,"versions":N,"aliases":N,
 //!    "import_tokens":N},"audit_head":{"seq":N,"hash":HEX,"file":NAME}|null}`.
 //!    `root_check` is the data directory's `root.check` (a value sealed under the root key):
 //!    whether a root key opens it says whether it is the key the backup was made under, without
 //!    opening anything else. `root_salt` is `root.salt` when the root key derives from a
-//!    passphrase. `audit_head` is the audit chain head read just after the snapshot: the trail
+//!    passphrase; `root_lineage` is `root.lineage` once the root key was rotated.
+//!    `audit_head` is the audit chain head read just after the snapshot: the trail
 //!    is written before each change commits, so every change the backup holds is audited at or
 //!    before that record.
 //! 2. One line per record: `{"key":KEY_RECORD}` (the store's JSON of a key: metadata, policy,
@@ -202,6 +203,9 @@ pub struct Header {
     /// The passphrase salt (`root.salt`), base64, when the root key derives from a passphrase.
     #[serde(default, with = "base64_option")]
     pub root_salt: Option<Vec<u8>>,
+    /// The sealed fingerprint key (`root.lineage`), base64, once the root key was rotated.
+    #[serde(default, with = "base64_option")]
+    pub root_lineage: Option<Vec<u8>>,
     /// The ARN partition.
     pub partition: PartitionHeader,
     /// How many records follow.
@@ -320,6 +324,13 @@ pub async fn take(source: &Source<'_>, now: i64) -> Result<Backup, BackupError> 
     let root_check = RootKey::stored_check(source.data_dir)
         .map_err(|error| BackupError::NoKeystore(error.message().to_owned()))?;
     let root_salt = RootKey::stored_salt(source.data_dir)?;
+    let root_lineage = RootKey::stored_lineage(source.data_dir)?;
+    // Mid-rotation, versions are sealed under two root keys and `root.check` names one.
+    if source.store.meta("root_next").await?.is_some() {
+        return Err(BackupError::NoKeystore(
+            "a root key rotation is under way: take the backup once it has committed".into(),
+        ));
+    }
     // Before the snapshot: a certificate is written after its key is committed, and a key's
     // record is never removed, so every key a certificate names is in the snapshot.
     let certificates = if source.certificates {
@@ -340,6 +351,7 @@ pub async fn take(source: &Source<'_>, now: i64) -> Result<Backup, BackupError> 
         store: source.store_kind.to_owned(),
         root_check,
         root_salt,
+        root_lineage,
         partition: PartitionHeader {
             region: source.partition.region.clone(),
             account: source.partition.account.clone(),

@@ -321,6 +321,7 @@ async fn restored(source_dir: &Path, bytes: &[u8]) -> (tempfile::TempDir, Keysto
         &RootKeySource::File,
         &backup.header.root_check,
         None,
+        backup.header.root_lineage.as_deref(),
     )
     .expect("adopt");
     let store = open_store(dir.path(), &StoreSettings::Sqlite, true).await.expect("store");
@@ -425,6 +426,7 @@ async fn a_restore_under_another_root_key_is_refused() {
         fresh.path(),
         &RootKeySource::File,
         &backup.header.root_check,
+        None,
         None,
     );
     assert!(adopted.is_err());

@@ -295,6 +295,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
             &site.root_source,
             &header.root_check,
             header.root_salt.as_deref(),
+            header.root_lineage.as_deref(),
         )
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))?
     };

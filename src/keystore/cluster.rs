@@ -97,7 +97,7 @@ impl Keystore {
     /// # Errors
     /// Only on crypto failure.
     pub fn derive_secret(&self, label: &[u8]) -> Result<crate::crypto::SecretBytes, Error> {
-        self.root.derive_secret(self.backend, label)
+        self.root().current.derive_secret(self.backend, label)
     }
 
     /// This process's name as a lease holder.

@@ -248,11 +248,17 @@ impl Keystore {
             KeyPairSpec::from_kms_name(&token.wrapping_spec).ok_or_else(invalid_token)?;
         let algorithm = WrappingAlgorithm::from_kms_name(&token.wrapping_algorithm)
             .ok_or_else(invalid_token)?;
-        let wrapping_key = self.root().unseal(
-            self.backend(),
-            token_aad(&token_id).as_bytes(),
-            &token.sealed_wrapping_key,
-        )?;
+        let wrapping_key = self
+            .root()
+            .unseal(self.backend(), token_aad(&token_id).as_bytes(), &token.sealed_wrapping_key)
+            // Sealed under a root key since rotated away: the parameters are gone, not damaged.
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidImportToken,
+                    "the import token was issued under a root key since rotated: call \
+                 GetParametersForImport again",
+                )
+            })?;
         let wrapping_key =
             self.backend().load_private_key(wrapping_spec, wrapping_key.expose_secret())?;
         let incorrect = |why: &str| Error::new(ErrorKind::IncorrectKeyMaterial, why.to_owned());

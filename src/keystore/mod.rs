@@ -36,6 +36,7 @@ pub mod lifecycle;
 pub mod observe;
 pub mod operations;
 mod root;
+mod root_rotation;
 pub mod rotation;
 pub mod shares;
 pub mod store;
@@ -59,7 +60,8 @@ pub use operations::{
     DataKey, DataKeyPair, DataKeySize, DecryptOutput, EncryptOutput, EncryptionAlgorithm,
     ReEncryptOutput,
 };
-pub use root::{RootKey, RootKeySource};
+pub use root::{NextRoot, NextRootSource, NextRootWire, RootKey, RootKeySource};
+pub use root_rotation::RootRotation;
 pub use rotation::{IncludeKeyMaterial, RotationEntry, RotationStatus, SweepReport};
 pub use shares::{RootShare, ShareError, SharePolicy, Unsealer};
 
@@ -119,7 +121,10 @@ impl Default for Partition {
 pub struct Keystore {
     backend: &'static dyn CryptoBackend,
     store: Arc<dyn Store>,
-    root: RootKey,
+    /// The root key; while a rotation re-seals, also the one it replaces.
+    root: RwLock<Arc<root::Keyring>>,
+    /// Held by the one root key rotation running in this process.
+    root_rotation: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     audit: Arc<dyn AuditSink>,
     partition: Partition,
@@ -306,15 +311,9 @@ impl Keystore {
         audit: Arc<dyn AuditSink>,
         partition: Partition,
     ) -> Result<Self, Error> {
-        let recorded = store.init_meta("root_check", RootKey::stored_check(data_dir)?).await?;
-        if !root.opens_check(backend, &recorded) {
-            return Err(Error::validation(format!(
-                "the root key of {} is not the one the keys in the store are sealed under \
-                 (another keystore's database?): every node needs the same root key",
-                data_dir.display()
-            )));
-        }
-        Ok(Self::with_store(backend, store, root, clock, audit, partition))
+        let keystore = Self::with_store(backend, store, root, clock, audit, partition);
+        keystore.reconcile_root(data_dir).await?;
+        Ok(keystore)
     }
 
     /// Creates a new keystore in `data_dir`: the root key (or its salt), its check value and
@@ -362,7 +361,8 @@ impl Keystore {
         Self {
             backend,
             store,
-            root,
+            root: RwLock::new(Arc::new(root::Keyring { current: Arc::new(root), previous: None })),
+            root_rotation: tokio::sync::Mutex::new(()),
             clock,
             audit,
             partition,
@@ -925,7 +925,7 @@ impl Keystore {
             .await?
             .ok_or_else(|| Error::not_found(format!("Key '{}'", self.key_arn(&key_id))))?;
         let versions = self.store.versions(&key_id).await?;
-        let loaded = Arc::new(self.load(record, versions)?);
+        let loaded = Arc::new(self.load_adopting(&key_id, record, versions).await?);
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Cache only what no change has overtaken since the read began.
         if self.generation.load(Ordering::SeqCst) == generation {
@@ -942,7 +942,28 @@ impl Keystore {
             .await?
             .ok_or_else(|| Error::not_found(format!("Key '{}'", self.key_arn(key_id))))?;
         let versions = self.store.versions(key_id).await?;
-        self.load(record, versions)
+        self.load_adopting(key_id, record, versions).await
+    }
+
+    /// [`Keystore::load`]; when material does not open, once more after taking up the next
+    /// root key of a rotation started elsewhere, if there is one.
+    async fn load_adopting(
+        &self,
+        key_id: &str,
+        record: KeyRecord,
+        versions: Vec<VersionRecord>,
+    ) -> Result<LoadedKey, Error> {
+        match self.load(record, versions) {
+            Err(error) if error.kind() == ErrorKind::Internal && self.adopt_next_root().await? => {
+                let record =
+                    self.store.key(key_id).await?.ok_or_else(|| {
+                        Error::not_found(format!("Key '{}'", self.key_arn(key_id)))
+                    })?;
+                let versions = self.store.versions(key_id).await?;
+                self.load(record, versions)
+            }
+            outcome => outcome,
+        }
     }
 
     async fn key_id_of(&self, key_ref: &str, allow_alias: bool) -> Result<String, Error> {
@@ -1185,7 +1206,7 @@ impl Keystore {
         material: &SecretBytes,
         valid_to: Option<UnixSeconds>,
     ) -> Result<VersionRecord, Error> {
-        let sealed = self.root.seal(
+        let sealed = self.root().seal(
             self.backend,
             &Self::material_aad(key_id, version),
             material.expose_secret(),
@@ -1208,7 +1229,7 @@ impl Keystore {
         record: &KeyRecord,
         version: &VersionRecord,
     ) -> Result<Material, Error> {
-        let bytes = self.root.unseal(
+        let bytes = self.root().unseal(
             self.backend,
             &Self::material_aad(&record.id, version.version),
             &version.sealed_material,
@@ -1216,8 +1237,9 @@ impl Keystore {
         material_from_bytes(self.backend, record.spec, bytes)
     }
 
-    pub(crate) fn root(&self) -> &RootKey {
-        &self.root
+    /// The root keys as they stand (a rotation may replace them at any moment).
+    pub(crate) fn root(&self) -> Arc<root::Keyring> {
+        Arc::clone(&self.root.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

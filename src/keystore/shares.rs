@@ -110,33 +110,45 @@ impl SharePolicy {
     /// # Errors
     /// When `root.shares` exists but cannot be read or is not a share policy.
     pub fn read(data_dir: &Path) -> Result<Option<Self>, Error> {
+        // A rotation interrupted while committing a new split finishes first.
+        super::root::roll_forward(data_dir)?;
         let path = data_dir.join(SHARES_FILE);
         let text = match fs::read(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(io_error(&path, &error)),
         };
-        let damaged = || Error::internal(format!("{} is damaged", path.display()));
-        let file: PolicyFile = serde_json::from_slice(&text).map_err(|_| damaged())?;
-        let mut set = [0u8; 4];
-        hex::decode_to_slice(&file.set, &mut set).map_err(|_| damaged())?;
-        if file.format != POLICY_FORMAT || file.threshold < 2 || file.threshold > file.shares {
-            return Err(damaged());
-        }
-        Ok(Some(Self { threshold: file.threshold, shares: file.shares, set: SetId(set) }))
+        Self::decode(&text)
+            .map(Some)
+            .ok_or_else(|| Error::internal(format!("{} is damaged", path.display())))
     }
 
-    pub(super) fn write(&self, data_dir: &Path) -> Result<(), Error> {
+    /// The policy `encode` wrote, or `None` when `text` is not one.
+    pub fn decode(text: &[u8]) -> Option<Self> {
+        let file: PolicyFile = serde_json::from_slice(text).ok()?;
+        let mut set = [0u8; 4];
+        hex::decode_to_slice(&file.set, &mut set).ok()?;
+        if file.format != POLICY_FORMAT || file.threshold < 2 || file.threshold > file.shares {
+            return None;
+        }
+        Some(Self { threshold: file.threshold, shares: file.shares, set: SetId(set) })
+    }
+
+    /// The policy as `root.shares` holds it: one JSON line.
+    pub fn encode(&self) -> Vec<u8> {
         let file = PolicyFile {
             format: POLICY_FORMAT.to_owned(),
             threshold: self.threshold,
             shares: self.shares,
             set: self.set.to_string(),
         };
-        let mut text = serde_json::to_vec(&file)
-            .map_err(|_| Error::internal("cannot encode the share policy: this is a bug"))?;
+        let mut text = serde_json::to_vec(&file).unwrap_or_default();
         text.push(b'\n');
-        write_private(&data_dir.join(SHARES_FILE), &text)
+        text
+    }
+
+    pub(super) fn write(&self, data_dir: &Path) -> Result<(), Error> {
+        write_private(&data_dir.join(SHARES_FILE), &self.encode())
     }
 
     /// Whether `share` may join `given` in a combination: this split's, in range, not given yet.

@@ -2962,6 +2962,10 @@ impl Store for PausingStore {
     fn init_meta(&self, name: &str, value: Vec<u8>) -> StoreFuture<'_, Vec<u8>> {
         self.inner.init_meta(name, value)
     }
+
+    fn set_meta(&self, name: &str, value: Option<Vec<u8>>) -> StoreFuture<'_, ()> {
+        self.inner.set_meta(name, value)
+    }
 }
 
 fn pausing_keystore(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Keystore>, Arc<PausingStore>) {
@@ -3142,3 +3146,5 @@ async fn the_inventory_lists_keys_with_versions_and_aliases_without_auditing() {
 }
 
 mod grants;
+
+mod root_rotation;

@@ -211,6 +211,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Sets `name` in the `meta` table unless it is set; answers the value it holds afterwards.
     fn init_meta(&self, name: &str, value: Vec<u8>) -> StoreFuture<'_, Vec<u8>>;
+
+    /// Sets `name` in the `meta` table to `value`, or removes it (`None`).
+    fn set_meta(&self, name: &str, value: Option<Vec<u8>>) -> StoreFuture<'_, ()>;
 }
 
 /// Which store a keystore uses, as configured (`[store]`).

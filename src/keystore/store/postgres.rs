@@ -776,4 +776,25 @@ impl Store for PostgresStore {
             Ok(row.get(0))
         })
     }
+
+    fn set_meta(&self, name: &str, value: Option<Vec<u8>>) -> StoreFuture<'_, ()> {
+        let name = name.to_owned();
+        self.timed(async move {
+            let client = self.client().await?;
+            match value {
+                Some(value) => {
+                    client
+                        .execute(
+                            "INSERT INTO settings (name, value) VALUES ($1, $2)
+                             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                            &[&name, &value],
+                        )
+                        .await
+                }
+                None => client.execute("DELETE FROM settings WHERE name = $1", &[&name]).await,
+            }
+            .map_err(pg)?;
+            Ok(())
+        })
+    }
 }

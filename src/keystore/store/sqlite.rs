@@ -556,4 +556,20 @@ impl Store for SqliteStore {
                 .ok_or_else(|| StoreError::Database(format!("setting {name} was not kept")))
         })
     }
+
+    fn set_meta(&self, name: &str, value: Option<Vec<u8>>) -> StoreFuture<'_, ()> {
+        let name = name.to_owned();
+        self.run(move |connection| {
+            match value {
+                Some(value) => connection.execute(
+                    "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    params![name, value],
+                ),
+                None => connection.execute("DELETE FROM settings WHERE name = ?1", params![name]),
+            }
+            .map_err(db)?;
+            Ok(())
+        })
+    }
 }

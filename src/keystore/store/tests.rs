@@ -152,6 +152,14 @@ pub(crate) async fn contract(store: &dyn Store) {
     assert_eq!(store.init_meta("root_check", vec![7]).await.expect("init"), vec![7]);
     assert_eq!(store.init_meta("root_check", vec![8]).await.expect("init"), vec![7]);
     assert_eq!(store.meta("root_check").await.expect("meta"), Some(vec![7]));
+    // ... and replaced or removed only on purpose (a root key rotation).
+    store.set_meta("root_check", Some(vec![9])).await.expect("set");
+    store.set_meta("root_next", Some(vec![1, 2])).await.expect("set new");
+    assert_eq!(store.meta("root_check").await.expect("meta"), Some(vec![9]));
+    assert_eq!(store.meta("root_next").await.expect("meta"), Some(vec![1, 2]));
+    store.set_meta("root_next", None).await.expect("remove");
+    store.set_meta("root_next", None).await.expect("removing twice is a no-op");
+    assert_eq!(store.meta("root_next").await.expect("meta"), None);
 
     // A snapshot holds everything, and restores only into an empty store.
     let snapshot = store.snapshot().await.expect("snapshot");
