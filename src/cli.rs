@@ -22,6 +22,7 @@ mod demo;
 mod envelope;
 mod remote;
 mod report;
+mod root_key;
 mod serve;
 mod shares;
 
@@ -136,6 +137,9 @@ pub enum Command {
     /// Reads the audit trail: checks its hash chain, shows its records.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The root key: `kagi root-key rotate` re-seals every key under a new one.
+    #[command(subcommand)]
+    RootKey(root_key::RootKeyCommand),
     /// Runs the sample backend `kagi demo` proxies to (an in-memory object store with echo,
     /// slow, streaming and WebSocket endpoints), on plain HTTP/1.1 and HTTP/2.
     SampleBackend {
@@ -671,6 +675,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
         Command::Audit(command) => {
             return audit_command(&args.data_dir, args.output, command.clone());
         }
+        Command::RootKey(command) => return root_key::run(backend, &args, command).await,
         _ => {}
     }
     let out = Printer { output: args.output };
@@ -705,10 +710,13 @@ async fn dispatch(args: Args) -> Result<(), Error> {
     let root_source =
         shares::root_source(&args.data_dir, args.root_passphrase_env.as_ref(), &args.share_files)?;
     let keystore = open(backend, &args.data_dir, &root_source)?;
+    // A root key rotation a crash interrupted: finish a commit, or open with both keys.
+    keystore.reconcile_root(&args.data_dir).await.map_err(keystore_error)?;
     let ctx = cli_context(&keystore)?;
     match args.command {
         Command::Init(_)
         | Command::Unseal
+        | Command::RootKey(_)
         | Command::Demo(_)
         | Command::Tour
         | Command::SampleBackend { .. }
@@ -1456,7 +1464,9 @@ async fn keystore_for_server(
     audit: &AuditConfig,
 ) -> Result<Keystore, Error> {
     let store::StoreSettings::Postgres(settings) = store else {
-        return keystore_with_partition(backend, data_dir, root, partition, audit);
+        let keystore = keystore_with_partition(backend, data_dir, root, partition, audit)?;
+        keystore.reconcile_root(data_dir).await.map_err(keystore_error)?;
+        return Ok(keystore);
     };
     let storage = |message: String| Error::new(exit_code::STORAGE, message);
     let clock = clock()?;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
@@ -118,6 +119,11 @@ pub(super) fn run_config(
             )
             .await?,
         );
+        // `kagi root-key rotate` talks to it; a rotation a stop interrupted resumes.
+        let settle = config.store.poll_interval().map_or(Duration::ZERO, |poll| poll * 2);
+        let _control =
+            crate::server::control::start(Arc::clone(&keystore), &config.data_dir, settle)
+                .map_err(|error| Error::new(exit_code::FAILURE, error.to_string()))?;
         let region = config.partition.region.clone();
         let on_ready = |ready: &Ready| {
             let info = ServerInfo {

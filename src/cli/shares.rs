@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::crypto::CryptoBackend;
 use crate::error::{Error, exit_code};
 use crate::keystore::shares::MAX_SHARE_TEXT;
-use crate::keystore::{Keystore, RootKeySource, SharePolicy};
+use crate::keystore::{Keystore, RootKeySource, RootShare, SharePolicy};
 use crate::server::unseal::{Reply, SOCKET_FILE, send_share};
 
 /// `kagi init`.
@@ -119,25 +119,38 @@ pub(super) fn init(
          {threshold} of which unseal it; no root.key is kept",
         data_dir.display()
     );
-    let Some(dir) = &init.shares_dir else {
+    hand_out(&split, init.shares_dir.as_deref(), &summary).map_err(|e| lost_shares(data_dir, &e))
+}
+
+/// Shows new shares once: on stdout (the summary on stderr), or one file per share in `dir`
+/// (mode 0600).
+///
+/// # Errors
+/// When they cannot be written: they are then lost.
+pub(super) fn hand_out(
+    split: &[RootShare],
+    dir: Option<&Path>,
+    summary: &str,
+) -> std::io::Result<()> {
+    let shares = split.len();
+    let Some(dir) = dir else {
         eprintln!("{summary}");
         eprintln!(
             "the {shares} shares below are shown only once: give each to a different person \
              and keep no copy here"
         );
         let mut stdout = std::io::stdout().lock();
-        for share in &split {
-            writeln!(stdout, "{}", share.to_text().as_str())
-                .map_err(|e| lost_shares(data_dir, &e))?;
+        for share in split {
+            writeln!(stdout, "{}", share.to_text().as_str())?;
         }
-        return stdout.flush().map_err(|e| lost_shares(data_dir, &e));
+        return stdout.flush();
     };
     println!("{summary}");
-    for share in &split {
+    for share in split {
         let path = dir.join(format!("share-{}.txt", share.index()));
         let mut text = share.to_text();
         text.push('\n');
-        write_private(&path, text.as_bytes()).map_err(|e| lost_shares(data_dir, &e))?;
+        write_private(&path, text.as_bytes())?;
         println!("share {} written to {}", share.index(), path.display());
     }
     println!(
@@ -215,7 +228,7 @@ pub(super) async fn unseal(data_dir: &Path, share_files: &[PathBuf]) -> Result<(
 }
 
 /// Makes `dir` (mode 0700) and checks no share file of a previous split is in the way.
-fn prepare_shares_dir(dir: &Path, shares: u8) -> Result<(), Error> {
+pub(super) fn prepare_shares_dir(dir: &Path, shares: u8) -> Result<(), Error> {
     let fail =
         |e: std::io::Error| Error::new(exit_code::STORAGE, format!("{}: {e}", dir.display()));
     if !dir.exists() {

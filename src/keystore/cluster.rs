@@ -21,6 +21,11 @@ impl Keystore {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            // A root key rotation started on another node: seal with its new key from now on,
+            // before that node re-seals and commits.
+            if let Err(error) = self.adopt_next_root().await {
+                tracing::debug!(target: "kagi::store", %error, "cannot read the store's root key state");
+            }
             match self.apply_changes(cursor).await {
                 Ok(next) => {
                     if failing {

@@ -125,6 +125,8 @@ pub struct Keystore {
     root: RwLock<Arc<root::Keyring>>,
     /// Held by the one root key rotation running in this process.
     root_rotation: tokio::sync::Mutex<()>,
+    /// A root key rotation is staged in this process's data directory, to be finished here.
+    root_rotation_here: std::sync::atomic::AtomicBool,
     clock: Arc<dyn Clock>,
     audit: Arc<dyn AuditSink>,
     partition: Partition,
@@ -363,6 +365,7 @@ impl Keystore {
             store,
             root: RwLock::new(Arc::new(root::Keyring { current: Arc::new(root), previous: None })),
             root_rotation: tokio::sync::Mutex::new(()),
+            root_rotation_here: std::sync::atomic::AtomicBool::new(false),
             clock,
             audit,
             partition,

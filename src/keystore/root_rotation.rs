@@ -19,6 +19,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::error::{Error, ErrorKind};
 use super::root::{self, Keyring, NextRoot, RootKey};
@@ -53,11 +55,13 @@ impl Keystore {
         let next = self.store.meta(NEXT_META).await?;
         let next = next.as_deref().and_then(|sealed| current.open_next(self.backend, sealed));
         match (current.opens_check(self.backend, &recorded), next) {
-            // Staged, maybe partly re-sealed: seal with the new key, open with both.
+            // Staged, maybe partly re-sealed: seal with the new key, open with both. Without
+            // the staged files, the rotation runs on another node: this one only follows.
             (true, Some(next)) => {
-                next.staged_check(self.backend, data_dir)?;
+                let here = next.staged_check(self.backend, data_dir).is_ok();
                 self.set_root(Arc::new(next), Some(Arc::clone(&ring.current)));
-                Ok(true)
+                self.root_rotation_here.store(here, Ordering::SeqCst);
+                Ok(here)
             }
             // The store's check value is the new key's: the commit stopped before the files.
             (false, Some(next)) if next.opens_check(self.backend, &recorded) => {
@@ -90,6 +94,10 @@ impl Keystore {
     /// throughout. When a rotation is already under way, it is finished instead and `next` is
     /// dropped.
     ///
+    /// `settle` is how long other nodes on the same store may take to take up the new key
+    /// (twice their poll interval; zero for a store of its own): re-sealing starts after it,
+    /// so no node still seals under the old key once the re-seal has passed.
+    ///
     /// # Errors
     /// A new key of another kind than the current one; a store or file failure (the rotation
     /// then resumes at the next start or call); a version that opens under neither key.
@@ -98,6 +106,7 @@ impl Keystore {
         ctx: &OpContext,
         data_dir: &Path,
         next: NextRoot,
+        settle: Duration,
     ) -> Result<RootRotation, Error> {
         let running = self.root_rotation.try_lock().map_err(|_| {
             Error::new(ErrorKind::Conflict, "a root key rotation is already running")
@@ -105,17 +114,19 @@ impl Keystore {
         if self.reconcile_root(data_dir).await? {
             drop(running);
             tracing::info!("a root key rotation was under way: finishing it");
-            return self.finish_root_rotation(ctx, data_dir).await;
+            return self.finish_root_rotation(ctx, data_dir, settle).await;
         }
         let ring = self.root();
         let (next, sealed) = next.stage(self.backend, data_dir, &ring.current)?;
         self.store.set_meta(NEXT_META, Some(sealed)).await?;
         self.set_root(Arc::new(next), Some(Arc::clone(&ring.current)));
+        self.root_rotation_here.store(true, Ordering::SeqCst);
         drop(running);
-        self.finish_root_rotation(ctx, data_dir).await
+        self.finish_root_rotation(ctx, data_dir, settle).await
     }
 
-    /// Re-seals what is left and commits the rotation under way.
+    /// Re-seals what is left and commits the rotation under way, after `settle` (see
+    /// [`Keystore::rotate_root`]).
     ///
     /// # Errors
     /// As [`Keystore::rotate_root`]; a validation error when no rotation is under way.
@@ -123,10 +134,17 @@ impl Keystore {
         &self,
         ctx: &OpContext,
         data_dir: &Path,
+        settle: Duration,
     ) -> Result<RootRotation, Error> {
         let _running = self.root_rotation.try_lock().map_err(|_| {
             Error::new(ErrorKind::Conflict, "a root key rotation is already running")
         })?;
+        if !settle.is_zero() {
+            tracing::info!(
+                "root key rotation: waiting {settle:?} for the other nodes to take up the new key"
+            );
+            tokio::time::sleep(settle).await;
+        }
         let trail = self.trail(ctx, "RotateRootKey");
         let outcome = self.reseal_and_commit(data_dir).await;
         match &outcome {
@@ -146,8 +164,8 @@ impl Keystore {
 
     async fn reseal_and_commit(&self, data_dir: &Path) -> Result<RootRotation, Error> {
         let ring = self.root();
-        if ring.previous.is_none() {
-            return Err(Error::validation("no root key rotation is under way"));
+        if ring.previous.is_none() || !self.root_rotation_pending() {
+            return Err(Error::validation("no root key rotation is under way here"));
         }
         let check = ring.current.staged_check(self.backend, data_dir)?;
         let done = self.reseal_all(&ring).await?;
@@ -155,6 +173,7 @@ impl Keystore {
         root::commit_staged(data_dir)?;
         self.store.set_meta(NEXT_META, None).await?;
         self.set_root(Arc::clone(&ring.current), None);
+        self.root_rotation_here.store(false, Ordering::SeqCst);
         Ok(done)
     }
 
@@ -229,17 +248,30 @@ impl Keystore {
         ))
     }
 
+    /// Whether a rotation is under way in this process (staged, not committed): opening the
+    /// keystore found one a stop interrupted, to be finished with
+    /// [`Keystore::finish_root_rotation`].
+    pub fn root_rotation_pending(&self) -> bool {
+        self.root_rotation_here.load(Ordering::SeqCst)
+    }
+
     /// Takes up the next root key of a rotation started elsewhere (another node, or a
     /// command while this process served), when the store has one this process's key opens.
     /// True when the keys changed: a version that did not open may open now.
     pub(crate) async fn adopt_next_root(&self) -> Result<bool, Error> {
         let ring = self.root();
-        if ring.previous.is_some() {
+        let Some(sealed) = self.store.meta(NEXT_META).await? else {
+            // Committed elsewhere (this process is not rotating): the old key opens nothing.
+            if ring.previous.is_some()
+                && let Ok(_idle) = self.root_rotation.try_lock()
+            {
+                self.set_root(Arc::clone(&ring.current), None);
+            }
             return Ok(false);
-        }
-        let Some(sealed) = self.store.meta(NEXT_META).await? else { return Ok(false) };
+        };
+        // Sealed under the key this process had: it is not taken up yet.
         let Some(next) = ring.current.open_next(self.backend, &sealed) else { return Ok(false) };
-        tracing::info!("a root key rotation is under way elsewhere: opening with both keys");
+        tracing::info!("a root key rotation is under way elsewhere: sealing with its new key");
         self.set_root(Arc::new(next), Some(Arc::clone(&ring.current)));
         Ok(true)
     }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
 mod admin;
+pub mod control;
 pub mod unseal;
 
 pub use admin::Readiness;

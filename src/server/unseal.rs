@@ -60,7 +60,7 @@ pub async fn await_unseal(
     policy: SharePolicy,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<RootKey>, ServeError> {
-    let socket = SocketFile::bind(data_dir)?;
+    let socket = SocketFile::bind(data_dir, SOCKET_FILE)?;
     tracing::info!(
         socket = %socket.path.display(),
         "sealed: the root key is split into {} shares; waiting for {} of them (kagi unseal \
@@ -162,23 +162,23 @@ async fn exchange(
     Ok(root)
 }
 
-/// The listening socket, removed from the directory when dropped.
+/// A listening socket in the data directory, removed when dropped.
 #[derive(Debug)]
-struct SocketFile {
-    listener: UnixListener,
+pub(super) struct SocketFile {
+    pub(super) listener: UnixListener,
     path: PathBuf,
 }
 
 impl SocketFile {
-    /// Binds `DATA_DIR/unseal.sock`, mode 0600 from the moment it has that name.
-    fn bind(data_dir: &Path) -> Result<Self, ServeError> {
-        let path = data_dir.join(SOCKET_FILE);
+    /// Binds `DATA_DIR/NAME`, mode 0600 from the moment it has that name.
+    pub(super) fn bind(data_dir: &Path, name: &str) -> Result<Self, ServeError> {
+        let path = data_dir.join(name);
         // Bound under a temporary name, restricted, then renamed: no moment where another user
-        // could connect to `unseal.sock`. The caller holds the server lock, so files under
-        // either name are left over from a server that died.
-        let temporary = data_dir.join(format!(".{SOCKET_FILE}.{}", std::process::id()));
+        // could connect to it. The caller holds the server lock, so files under either name
+        // are left over from a server that died.
+        let temporary = data_dir.join(format!(".{name}.{}", std::process::id()));
         let fail = |what: &Path, error: std::io::Error| {
-            ServeError(format!("cannot make the unseal socket {}: {error}", what.display()))
+            ServeError(format!("cannot make the socket {}: {error}", what.display()))
         };
         for stale in [&path, &temporary] {
             match std::fs::remove_file(stale) {

@@ -50,6 +50,10 @@ fn copy_root(from: &Path, to: &Path) {
     for file in ["root.key", "root.check"] {
         std::fs::copy(from.join(file), to.join(file)).expect("copy the root key");
     }
+    // Once the root key was rotated: the fingerprint key it carries.
+    if from.join("root.lineage").exists() {
+        std::fs::copy(from.join("root.lineage"), to.join("root.lineage")).expect("copy lineage");
+    }
 }
 
 fn code(result: Result<Value, CallError>) -> String {
@@ -385,6 +389,55 @@ async fn a_tls_session_from_one_node_resumes_on_another() {
         .await
         .expect("second connection");
     assert!(second.resumed, "a ticket node a issued resumes on node b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_key_rotated_on_one_node_is_taken_up_by_the_other() {
+    let Some(pg) = PgCluster::start() else { return };
+    let TwoNodes { _dir: _dir_guard, a_dir, b_dir, a, b } = two_nodes(&pg);
+    let mut on_a = a.client(HttpVersion::Http2, &ADMIN).await;
+    let mut on_b = b.client(HttpVersion::Http2, &ADMIN).await;
+    let before = create_key(&mut on_a).await;
+    let old_blob = encrypt(&mut on_a, &before).await.expect("encrypt")["CiphertextBlob"].clone();
+    let decrypt = |blob: &Value| json!({"CiphertextBlob": blob});
+    on_b.call("Decrypt", &decrypt(&old_blob)).await.expect("node b has the key");
+
+    // `kagi root-key rotate` on node a's directory: node a does it, node b follows.
+    let rotate = {
+        let a_dir = a_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kagi"))
+                .arg("--data-dir")
+                .arg(&a_dir)
+                .args(["root-key", "rotate"])
+                .output()
+                .expect("kagi runs")
+        })
+    };
+    let rotated = rotate.await.expect("join");
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    assert!(b.log().contains("sealing with its new key"), "{}", b.log());
+
+    // Keys made on either node after the rotation work on both; the old ciphertext too.
+    let on_b_key = create_key(&mut on_b).await;
+    let b_blob =
+        encrypt(&mut on_b, &on_b_key).await.expect("encrypt on b")["CiphertextBlob"].clone();
+    on_a.call("Decrypt", &decrypt(&b_blob)).await.expect("a opens b's new key");
+    let on_a_key = create_key(&mut on_a).await;
+    let a_blob =
+        encrypt(&mut on_a, &on_a_key).await.expect("encrypt on a")["CiphertextBlob"].clone();
+    on_b.call("Decrypt", &decrypt(&a_blob)).await.expect("b opens a's new key");
+    on_b.call("Decrypt", &decrypt(&old_blob)).await.expect("the old ciphertext");
+
+    // Node b restarted with node a's new root files serves everything.
+    drop(on_b);
+    assert!(b.terminate(), "clean exit");
+    copy_root(&a_dir, &b_dir);
+    let b = node(&pg, &b_dir, "", &[]);
+    let mut on_b = b.client(HttpVersion::Http2, &ADMIN).await;
+    for blob in [&old_blob, &a_blob, &b_blob] {
+        on_b.call("Decrypt", &decrypt(blob)).await.expect("after the restart");
+    }
 }
 
 /// The certificates of a PEM bundle.

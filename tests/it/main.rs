@@ -76,6 +76,8 @@ mod envelope;
 // unseal`, refusals of bad, foreign and wrong shares, `--share-file` for direct commands.
 #[cfg(unix)]
 mod unseal;
+// `kagi root-key rotate`: while serving, and on passphrase and split root keys.
+mod root_key;
 
 // Envelope routes of the proxy in front of a real object store: ciphertext at rest, plaintext
 // to clients, context binding, tampering, rotation, disabled keys, JSON fields, the Python SDK.

@@ -1,6 +1,8 @@
 //! Root key rotation: every version re-sealed, the old key retired, and each interruption
 //! resumed or finished when the keystore opens again.
 
+use std::time::Duration;
+
 use super::*;
 
 fn context() -> EncryptionContext {
@@ -59,7 +61,10 @@ async fn rotation_reseals_every_version_and_retires_the_old_key() {
     let imported = h.encrypt(&external, b"imported", &context()).await;
     let old_key = std::fs::read(h.dir.path().join("root.key")).expect("old root.key");
 
-    let done = h.ks.rotate_root(&ctx(), h.dir.path(), next_file_root()).await.expect("rotate");
+    let done =
+        h.ks.rotate_root(&ctx(), h.dir.path(), next_file_root(), Duration::ZERO)
+            .await
+            .expect("rotate");
     assert_eq!(done, RootRotation { keys: 3, versions: 4 });
     assert_eq!(root_files(h.dir.path()), ["root.check", "root.key", "root.lineage"]);
     assert_ne!(std::fs::read(h.dir.path().join("root.key")).expect("root.key"), old_key);
@@ -136,7 +141,8 @@ async fn a_rotation_interrupted_while_resealing_resumes_when_reopened() {
     // A second crash, then the resume finishes: only the old key's version is re-sealed.
     let (h, resume) = reopen(h).await;
     assert!(resume);
-    let done = h.ks.finish_root_rotation(&ctx(), h.dir.path()).await.expect("finish");
+    let done =
+        h.ks.finish_root_rotation(&ctx(), h.dir.path(), Duration::ZERO).await.expect("finish");
     assert_eq!(done, RootRotation { keys: 1, versions: 1 });
     let (h, resume) = reopen(h).await;
     assert!(!resume);
@@ -217,7 +223,10 @@ async fn the_new_key_must_be_of_the_current_kind() {
         NextRoot::generate(backend(), &NextRootSource::Shares { shares: 3, threshold: 2 })
             .expect("generate");
     assert_eq!(shares.len(), 3);
-    let refused = h.ks.rotate_root(&ctx(), h.dir.path(), next).await.expect_err("another kind");
+    let refused =
+        h.ks.rotate_root(&ctx(), h.dir.path(), next, Duration::ZERO)
+            .await
+            .expect_err("another kind");
     assert!(refused.message().contains("same kind"), "{}", refused.message());
     assert_eq!(root_files(h.dir.path()), ["root.check", "root.key"]);
     assert!(h.ks.store().meta("root_next").await.expect("meta").is_none());
