@@ -13,12 +13,13 @@
 //!
 //! 1. The header: `{"format":"kagi-backup","format_version":1,"kagi_version":"0.1.0",
 //!    "created":EPOCH,"store":"sqlite","root_check":B64,"root_salt":B64|null,
-//!    "root_lineage":B64|null,"partition":{"region":…,"account":…},"counts":{"keys":N,"versions":N,"aliases":N,
+//!    "root_lineage":B64|null,"root_shares":POLICY_JSON|null,"partition":{"region":…,"account":…},"counts":{"keys":N,"versions":N,"aliases":N,
 //!    "import_tokens":N},"audit_head":{"seq":N,"hash":HEX,"file":NAME}|null}`.
 //!    `root_check` is the data directory's `root.check` (a value sealed under the root key):
 //!    whether a root key opens it says whether it is the key the backup was made under, without
 //!    opening anything else. `root_salt` is `root.salt` when the root key derives from a
-//!    passphrase; `root_lineage` is `root.lineage` once the root key was rotated.
+//!    passphrase; `root_lineage` is `root.lineage` once the root key was rotated; `root_shares`
+//!    is `root.shares` (the split's K, N and id: no secret) when the root key is split.
 //!    `audit_head` is the audit chain head read just after the snapshot: the trail
 //!    is written before each change commits, so every change the backup holds is audited at or
 //!    before that record.
@@ -206,6 +207,9 @@ pub struct Header {
     /// The sealed fingerprint key (`root.lineage`), base64, once the root key was rotated.
     #[serde(default, with = "base64_option")]
     pub root_lineage: Option<Vec<u8>>,
+    /// The share policy (`root.shares`, its JSON), when the root key is split into shares.
+    #[serde(default)]
+    pub root_shares: Option<String>,
     /// The ARN partition.
     pub partition: PartitionHeader,
     /// How many records follow.
@@ -325,6 +329,8 @@ pub async fn take(source: &Source<'_>, now: i64) -> Result<Backup, BackupError> 
         .map_err(|error| BackupError::NoKeystore(error.message().to_owned()))?;
     let root_salt = RootKey::stored_salt(source.data_dir)?;
     let root_lineage = RootKey::stored_lineage(source.data_dir)?;
+    let root_shares = crate::keystore::SharePolicy::read(source.data_dir)?
+        .map(|policy| String::from_utf8_lossy(&policy.encode()).trim_end().to_owned());
     // Mid-rotation, versions are sealed under two root keys and `root.check` names one.
     if source.store.meta("root_next").await?.is_some() {
         return Err(BackupError::NoKeystore(
@@ -352,6 +358,7 @@ pub async fn take(source: &Source<'_>, now: i64) -> Result<Backup, BackupError> 
         root_check,
         root_salt,
         root_lineage,
+        root_shares,
         partition: PartitionHeader {
             region: source.partition.region.clone(),
             account: source.partition.account.clone(),

@@ -322,6 +322,7 @@ async fn restored(source_dir: &Path, bytes: &[u8]) -> (tempfile::TempDir, Keysto
         &backup.header.root_check,
         None,
         backup.header.root_lineage.as_deref(),
+        None,
     )
     .expect("adopt");
     let store = open_store(dir.path(), &StoreSettings::Sqlite, true).await.expect("store");
@@ -426,6 +427,7 @@ async fn a_restore_under_another_root_key_is_refused() {
         fresh.path(),
         &RootKeySource::File,
         &backup.header.root_check,
+        None,
         None,
         None,
     );

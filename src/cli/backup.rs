@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::crypto::{BackendKind, CryptoBackend};
 use crate::error::{Error, exit_code};
 use crate::keystore::store::StoreSettings;
-use crate::keystore::{Keystore, OpContext, Partition, RootKey, RootKeySource};
+use crate::keystore::{Keystore, OpContext, Partition, RootKey, RootKeySource, SharePolicy};
 
 /// `kagi backup`.
 #[derive(Debug, ClapArgs)]
@@ -95,7 +95,11 @@ impl Site {
                 format!("unknown backend {:?}: use aws-lc or rustcrypto", args.backend),
             )
         })?;
+        // Shares given on the command line, else the passphrase, else `root.key`.
         let passphrase = |env_var: Option<&String>| match env_var {
+            _ if !args.share_files.is_empty() => {
+                RootKeySource::Shares { files: args.share_files.clone() }
+            }
             Some(env_var) => RootKeySource::Passphrase { env_var: env_var.clone() },
             None => RootKeySource::File,
         };
@@ -296,6 +300,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
             &header.root_check,
             header.root_salt.as_deref(),
             header.root_lineage.as_deref(),
+            header.root_shares.as_deref().and_then(|policy| SharePolicy::decode(policy.as_bytes())),
         )
         .map_err(|error| Error::new(exit_code::STORAGE, error.message().to_owned()))?
     };

@@ -157,11 +157,7 @@ impl RootKey {
                 data_dir.display()
             ))
         })?;
-        shares::admit_all(&policy, given)?;
-        let bytes = shares::combine(given)?;
-        let key = AesKey::from_slice(bytes.expose_secret()).map_err(|_| ShareError::WrongShares)?;
-        drop(bytes);
-        let root = Self::fresh(backend, key)?;
+        let root = Self::fresh(backend, combine_for(&policy, given)?)?;
         root.unseal(backend, CHECK_AAD, &check).map_err(|_| ShareError::WrongShares)?;
         Ok(root.with_lineage_of(backend, data_dir)?)
     }
@@ -211,9 +207,10 @@ impl RootKey {
     }
 
     /// Makes `data_dir`, which holds no `root.check` yet, use the root key whose check value is
-    /// `check` (from a backup): the key is `root.key` (copied there by the operator) or derives
-    /// from the passphrase with the salt already in `root.salt`, else `salt`. Writes `root.check`
-    /// (and `root.salt`) only once the key is proven to open `check`.
+    /// `check` (from a backup): the key is `root.key` (copied there by the operator), derives
+    /// from the passphrase with the salt already in `root.salt`, else `salt`, or is rebuilt from
+    /// shares of the split `split`. Writes `root.check` (and `root.salt`, `root.lineage`,
+    /// `root.shares`) only once the key is proven to open `check`.
     ///
     /// # Errors
     /// When the directory already has a root key check value, the key is missing, or it does
@@ -225,6 +222,7 @@ impl RootKey {
         check: &[u8],
         salt: Option<&[u8]>,
         lineage: Option<&[u8]>,
+        split: Option<SharePolicy>,
     ) -> Result<Self, Error> {
         if data_dir.join(CHECK_FILE).exists() {
             return Err(Error::validation(format!(
@@ -251,11 +249,15 @@ impl RootKey {
                 };
                 derive(env_var, &salt)?
             }
-            RootKeySource::Shares { .. } => {
-                return Err(Error::validation(
-                    "restoring onto a root key split into shares is not supported: restore \
-                     with root.key (or the passphrase) on the new machine",
-                ));
+            RootKeySource::Shares { files } => {
+                let policy = split.ok_or_else(|| {
+                    Error::validation("the backup's root key is not split into shares")
+                })?;
+                let given = read_share_files(files)?;
+                combine_for(&policy, &given).map_err(|error| match error {
+                    ShareError::Keystore(error) => error,
+                    other => Error::validation(format!("the shares given: {other}")),
+                })?
             }
         };
         let mut root = Self::fresh(backend, key)?;
@@ -276,6 +278,9 @@ impl RootKey {
         }
         if let Some(lineage) = lineage {
             replace_private(&data_dir.join(LINEAGE_FILE), lineage)?;
+        }
+        if let (RootKeySource::Shares { .. }, Some(policy)) = (source, split) {
+            replace_private(&data_dir.join(shares::SHARES_FILE), &policy.encode())?;
         }
         write_private(&data_dir.join(CHECK_FILE), check)?;
         Ok(root)
@@ -380,18 +385,7 @@ impl RootKey {
         data_dir: &Path,
         files: &[PathBuf],
     ) -> Result<Self, Error> {
-        let mut given = Vec::with_capacity(files.len());
-        for path in files {
-            let text = fs::read(path).map_err(|e| {
-                Error::validation(format!("cannot read the share {}: {e}", path.display()))
-            })?;
-            let text = SecretBytes::new(text);
-            let parsed = std::str::from_utf8(text.expose_secret())
-                .map_err(|_| ShareError::Malformed)
-                .and_then(RootShare::parse)
-                .map_err(|e| Error::validation(format!("{}: {e}", path.display())))?;
-            given.push(parsed);
-        }
+        let given = read_share_files(files)?;
         Self::from_shares(backend, data_dir, &given).map_err(|error| match error {
             ShareError::Keystore(error) => error,
             other => Error::validation(format!("cannot unseal {}: {other}", data_dir.display())),
@@ -776,6 +770,30 @@ impl Keyring {
     ) -> Result<String, Error> {
         self.current.fingerprint(backend, material)
     }
+}
+
+/// The shares in `files`, one per file.
+fn read_share_files(files: &[PathBuf]) -> Result<Vec<RootShare>, Error> {
+    let mut given = Vec::with_capacity(files.len());
+    for path in files {
+        let text = fs::read(path).map_err(|e| {
+            Error::validation(format!("cannot read the share {}: {e}", path.display()))
+        })?;
+        let text = SecretBytes::new(text);
+        let parsed = std::str::from_utf8(text.expose_secret())
+            .map_err(|_| ShareError::Malformed)
+            .and_then(RootShare::parse)
+            .map_err(|e| Error::validation(format!("{}: {e}", path.display())))?;
+        given.push(parsed);
+    }
+    Ok(given)
+}
+
+/// The key `given` rebuild, once each is admitted under `policy`.
+fn combine_for(policy: &SharePolicy, given: &[RootShare]) -> Result<AesKey, ShareError> {
+    shares::admit_all(policy, given)?;
+    let bytes = shares::combine(given)?;
+    AesKey::from_slice(bytes.expose_secret()).map_err(|_| ShareError::WrongShares)
 }
 
 /// Refuses a directory that already holds a root key (or a split one); creates it otherwise.

@@ -318,3 +318,45 @@ fn a_passphrase_keystore_restores_with_the_passphrase_alone() {
     assert_eq!(refused.code, 7, "{}", refused.stderr);
     assert!(!elsewhere.data_dir().join("root.check").exists());
 }
+
+#[test]
+fn a_split_root_key_keystore_restores_with_its_shares() {
+    let source = Kagi::uninitialised();
+    let shares_dir = source.path("shares");
+    source.ok(&["init", "--shares", "3", "--threshold", "2", "--shares-dir", arg(&shares_dir)]);
+    let share = |i: u32| shares_dir.join(format!("share-{i}.txt"));
+    let (one, two, three) = (share(1), share(2), share(3));
+    let with = |kagi: &Kagi, shares: [&Path; 2], args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--share-file", arg(shares[0]), "--share-file", arg(shares[1])];
+        all.extend_from_slice(args);
+        kagi.run_with_input(&all, stdin)
+    };
+    let created = with(&source, [&one, &two], &["--output", "json", "keys", "create"], b"");
+    let key_id = created.json()["KeyId"].as_str().expect("KeyId").to_owned();
+    let blob = with(&source, [&one, &two], &["encrypt", "--key", &key_id], b"split secret");
+    assert_eq!(blob.code, 0, "{}", blob.stderr);
+    let file = source.path("kagi.backup");
+    let backup = with(&source, [&one, &three], &["backup", "--out", arg(&file)], b"");
+    assert_eq!(backup.code, 0, "{}", backup.stderr);
+    let verified = with(&source, [&two, &three], &["backup", "verify", arg(&file)], b"");
+    assert_eq!(verified.code, 0, "{}", verified.stderr);
+
+    // The new machine has nothing but two shares: the split comes from the backup.
+    let machine = Kagi::uninitialised();
+    let restored = with(&machine, [&two, &three], &["restore", arg(&file)], b"");
+    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    assert!(machine.data_dir().join("root.shares").exists());
+    assert!(!machine.data_dir().join("root.key").exists(), "the key is still written nowhere");
+    let decrypted = with(&machine, [&three, &one], &["decrypt"], &blob.stdout);
+    assert_eq!(decrypted.code, 0, "{}", decrypted.stderr);
+    assert_eq!(decrypted.stdout, b"split secret");
+    // Another keystore's shares are refused and leave nothing behind.
+    let other = Kagi::uninitialised();
+    let other_dir = other.path("shares");
+    other.ok(&["init", "--shares", "2", "--threshold", "2", "--shares-dir", arg(&other_dir)]);
+    let (x, y) = (other_dir.join("share-1.txt"), other_dir.join("share-2.txt"));
+    let elsewhere = Kagi::uninitialised();
+    let refused = with(&elsewhere, [&x, &y], &["restore", arg(&file)], b"");
+    assert_eq!(refused.code, 7, "{}", refused.stderr);
+    assert!(!elsewhere.data_dir().join("root.check").exists());
+}
