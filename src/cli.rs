@@ -38,9 +38,17 @@ use crate::keystore::{
     KeyUsage, Keystore, OpContext, Origin, Partition, RootKey, RootKeySource, WrappingAlgorithm,
 };
 
+/// What `kagi --version` prints: the version, and "(FIPS mode)" for a build with the `fips`
+/// feature (which runs only with the module in FIPS mode: [`run`] checks).
+const VERSION: &str = if crate::crypto::FIPS {
+    concat!(env!("CARGO_PKG_VERSION"), " (FIPS mode)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// kagi: a managed keystore modelled on AWS KMS, and a TLS-terminating reverse proxy.
 #[derive(Debug, Parser)]
-#[command(name = "kagi", version, about)]
+#[command(name = "kagi", version = VERSION, about)]
 pub struct Args {
     /// The data directory holding the keystore.
     #[arg(long, global = true, env = "KAGI_DATA_DIR", default_value = "./data")]
@@ -600,6 +608,15 @@ where
     // Every command may hold key material (the root key, key versions): none leaves a core
     // dump. `kagi serve` logs the outcome; a command that could not do it still runs.
     let _ = crate::hardening::disable_core_dumps();
+    // A FIPS build runs only with the module in FIPS mode (its self-tests passed), and never on
+    // the rustcrypto backend.
+    crate::crypto::check_fips_mode().map_err(|why| {
+        Error::new(exit_code::FAILURE, format!("the FIPS module is not in FIPS mode: {why}"))
+    })?;
+    if let Some(kind) = BackendKind::from_name(&args.backend) {
+        kind.check_allowed()
+            .map_err(|error| Error::new(exit_code::USAGE, format!("--backend {kind}: {error}")))?;
+    }
     if let Command::Serve(serve) = &args.command {
         return serve::run(&args, serve);
     }

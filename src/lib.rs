@@ -16,6 +16,8 @@ pub mod crypto;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+#[cfg(all(test, feature = "fips"))]
+mod fips_tests;
 pub mod hardening;
 pub mod keystore;
 pub mod metrics;

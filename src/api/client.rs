@@ -113,7 +113,7 @@ pub fn tls_config(
     if added == 0 {
         return Err(ClientError(format!("{} holds no usable certificate", ca_bundle.display())));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(crate::tls::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError(e.to_string()))?

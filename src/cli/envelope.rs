@@ -69,6 +69,9 @@ pub(super) async fn run(
     principal: &str,
     command: EnvelopeCommand,
 ) -> Result<(), Error> {
+    if let Some(why) = envelope::FIPS_REFUSAL {
+        return Err(Error::new(exit_code::USAGE, why));
+    }
     match command {
         EnvelopeCommand::Encrypt(a) => encrypt(keys, principal, a).await,
         EnvelopeCommand::Decrypt(a) => decrypt(keys, principal, a).await,

@@ -55,6 +55,10 @@ pub(super) fn run_config(
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     harden(config.lock_memory);
+    if crate::crypto::FIPS {
+        // `cli::run` has checked the module is in FIPS mode before anything else ran.
+        tracing::info!("FIPS mode: the AWS-LC FIPS module is in FIPS mode (self-tests passed)");
+    }
     let root_source = super::shares::root_source(
         &config.data_dir,
         config.root_passphrase_env.as_ref().or(args.root_passphrase_env.as_ref()),

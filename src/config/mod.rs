@@ -284,6 +284,13 @@ impl Builder<'_> {
             None => BackendKind::AwsLc,
             Some(name) => match name.get_ref().as_str() {
                 "aws-lc" => BackendKind::AwsLc,
+                "rustcrypto" if crate::crypto::FIPS => {
+                    return Err(self.error(
+                        name,
+                        "the rustcrypto backend is not approved in FIPS mode: this kagi was built \
+                         with the fips feature, use aws-lc",
+                    ));
+                }
                 "rustcrypto" => BackendKind::RustCrypto,
                 other => {
                     return Err(self.error(

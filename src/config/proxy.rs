@@ -492,6 +492,9 @@ impl Builder<'_> {
     }
 
     fn envelope(&self, route: &str, raw: &raw::Envelope) -> Result<EnvelopeConfig, ConfigError> {
+        if let Some(why) = crate::envelope::FIPS_REFUSAL {
+            return Err(self.error(&raw.key, why));
+        }
         if raw.key.get_ref().is_empty() {
             return Err(self.error(&raw.key, "key names a KMS key: an id, ARN or alias/NAME"));
         }

@@ -11,9 +11,10 @@ use aws_lc_rs::signature::KeyPair as _;
 use aws_lc_rs::{aead, agreement, digest, hkdf, hmac, key_wrap, rand, rsa, signature};
 
 use super::{
-    AesKey, BackendKind, CryptoBackend, EcCurve, Error, KeyPairSpec, MacAlgorithm, NONCE_LEN,
+    AesKey, BackendKind, CryptoBackend, EcCurve, Error, FIPS, KeyPairSpec, MacAlgorithm, NONCE_LEN,
     OaepHash, PrivateKey, PublicKey, Result, SecretBytes, SignInput, SigningAlgorithm, TAG_LEN,
-    check_digest_len, check_key_to_wrap, is_wrapped_key_len,
+    check_digest_len, check_key_to_wrap, fips_check_hkdf, fips_check_oaep, fips_check_sign_input,
+    fips_check_spec, is_wrapped_key_len,
 };
 
 /// The aws-lc-rs backend.
@@ -36,6 +37,9 @@ impl CryptoBackend for AwsLc {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>> {
+        if FIPS {
+            return Err(Error::NotApproved("AES-GCM encryption under a caller-chosen nonce"));
+        }
         let key = aead_key(key)?;
         let mut in_out = Vec::with_capacity(plaintext.len() + TAG_LEN);
         in_out.extend_from_slice(plaintext);
@@ -46,6 +50,22 @@ impl CryptoBackend for AwsLc {
         )
         .map_err(|_| Error::Internal("aes-gcm seal failed"))?;
         Ok(in_out)
+    }
+
+    fn seal_fresh(
+        &self,
+        key: &AesKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>)> {
+        let key = aead::RandomizedNonceKey::new(&aead::AES_256_GCM, key.expose_secret())
+            .map_err(|_| Error::InvalidKey("aes-256-gcm key must be 32 bytes"))?;
+        let mut in_out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        in_out.extend_from_slice(plaintext);
+        let nonce = key
+            .seal_in_place_append_tag(aead::Aad::from(aad), &mut in_out)
+            .map_err(|_| Error::Internal("aes-gcm seal failed"))?;
+        Ok((*nonce.as_ref(), in_out))
     }
 
     fn open(
@@ -99,6 +119,7 @@ impl CryptoBackend for AwsLc {
         if out.len() > 255 * 64 {
             return Err(Error::InvalidInput("hkdf-sha512 output longer than 255 blocks"));
         }
+        fips_check_hkdf(salt, info)?;
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, salt).extract(ikm);
         let info = [info];
         prk.expand(&info, Len(out.len()))
@@ -131,6 +152,7 @@ impl CryptoBackend for AwsLc {
     }
 
     fn generate_key_pair(&self, spec: KeyPairSpec) -> Result<SecretBytes> {
+        fips_check_spec(spec)?;
         let pkcs8 = match spec.curve() {
             Some(curve) => signature::EcdsaKeyPair::generate(ecdsa_signing(curve))
                 .and_then(|key| key.to_pkcs8v1())
@@ -151,6 +173,7 @@ impl CryptoBackend for AwsLc {
     }
 
     fn load_private_key(&self, spec: KeyPairSpec, pkcs8: &[u8]) -> Result<Box<dyn PrivateKey>> {
+        fips_check_spec(spec)?;
         let inner = match spec.curve() {
             Some(curve) => {
                 let key = signature::EcdsaKeyPair::from_pkcs8(ecdsa_signing(curve), pkcs8)
@@ -185,6 +208,7 @@ impl CryptoBackend for AwsLc {
     }
 
     fn load_public_key(&self, spec: KeyPairSpec, spki: &[u8]) -> Result<Box<dyn PublicKey>> {
+        fips_check_spec(spec)?;
         // Only DER SubjectPublicKeyInfo, as the trait promises: aws-lc would also take a bare
         // EC point or a PKCS#1 RSAPublicKey, the RustCrypto backend would not.
         if !is_spki(spki) {
@@ -254,6 +278,7 @@ impl PrivateKey for AwsLcPrivateKey {
             return Err(Error::WrongAlgorithm(algorithm.kms_name()));
         }
         check_digest_len(algorithm, input)?;
+        fips_check_sign_input(input)?;
         match &self.inner {
             PrivateInner::Ec { key, .. } => {
                 let signature = match input {
@@ -285,6 +310,7 @@ impl PrivateKey for AwsLcPrivateKey {
     }
 
     fn decrypt_oaep(&self, hash: OaepHash, ciphertext: &[u8]) -> Result<SecretBytes> {
+        fips_check_oaep()?;
         let PrivateInner::Rsa { decrypting, .. } = &self.inner else {
             return Err(Error::WrongAlgorithm(hash.kms_name()));
         };
@@ -357,6 +383,7 @@ impl PublicKey for AwsLcPublicKey {
             return Err(Error::WrongAlgorithm(algorithm.kms_name()));
         }
         check_digest_len(algorithm, input)?;
+        fips_check_sign_input(input)?;
         let outcome = match &self.inner {
             PublicInner::Ec { parsed } => match input {
                 SignInput::Message(message) => parsed.verify_sig(message, signature),
@@ -378,6 +405,7 @@ impl PublicKey for AwsLcPublicKey {
     }
 
     fn encrypt_oaep(&self, hash: OaepHash, plaintext: &[u8]) -> Result<Vec<u8>> {
+        fips_check_oaep()?;
         let PublicInner::Rsa { encrypting } = &self.inner else {
             return Err(Error::WrongAlgorithm(hash.kms_name()));
         };

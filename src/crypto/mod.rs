@@ -42,6 +42,20 @@ use std::fmt;
 pub use secret::{AesKey, SecretBytes};
 pub use spec::{EcCurve, KeyPairSpec, MacAlgorithm, OaepHash, SigningAlgorithm};
 
+/// Whether this is a FIPS build (the `fips` cargo feature): aws-lc-rs on the AWS-LC FIPS module,
+/// the `rustcrypto` backend refused, and every call the module does not approve refused with
+/// [`Error::NotApproved`] (docs/FIPS.md lists them).
+pub const FIPS: bool = cfg!(feature = "fips");
+
+/// Checks, at start, that the FIPS module is in FIPS mode (its power-on self-tests passed).
+/// Always `Ok` in a build without the `fips` feature.
+///
+/// # Errors
+/// A message saying why the module is not in FIPS mode.
+pub fn check_fips_mode() -> std::result::Result<(), &'static str> {
+    if FIPS { aws_lc_rs::try_fips_mode() } else { Ok(()) }
+}
+
 /// Length of an AES-GCM nonce in bytes.
 pub const NONCE_LEN: usize = 12;
 /// Length of an AES-GCM authentication tag in bytes.
@@ -74,6 +88,17 @@ impl BackendKind {
     /// Parses a configuration name.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// Whether this build may use the backend: in a FIPS build only `aws-lc` (the FIPS module).
+    ///
+    /// # Errors
+    /// [`Error::NotApproved`] for `rustcrypto` in a FIPS build.
+    pub fn check_allowed(self) -> Result<()> {
+        match self {
+            Self::RustCrypto if FIPS => Err(Error::NotApproved("the rustcrypto backend")),
+            _ => Ok(()),
+        }
     }
 
     /// The backend itself.
@@ -120,6 +145,10 @@ pub enum Error {
     /// The algorithm does not apply to this key (an RSA algorithm on an EC key, say).
     #[error("algorithm {0} does not apply to this key")]
     WrongAlgorithm(&'static str),
+    /// A FIPS build refuses the algorithm or the way it is called: the FIPS module does not
+    /// approve it (docs/FIPS.md).
+    #[error("{0} is not approved in FIPS mode")]
+    NotApproved(&'static str),
     /// The operating system's random generator failed.
     #[error("random generator failed")]
     Random,
@@ -145,10 +174,13 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
     /// [`Error::Random`] when the generator fails.
     fn fill_random(&self, out: &mut [u8]) -> Result<()>;
 
-    /// AES-256-GCM encryption: returns `ciphertext ‖ tag` (plaintext length + [`TAG_LEN`]).
+    /// AES-256-GCM encryption under a nonce the caller chose: returns `ciphertext ‖ tag`
+    /// (plaintext length + [`TAG_LEN`]). Known-answer tests use it; kagi's own encryption uses
+    /// [`CryptoBackend::seal_fresh`].
     ///
     /// # Errors
-    /// Only on library failure.
+    /// [`Error::NotApproved`] in a FIPS build (a caller-chosen GCM nonce); otherwise only on
+    /// library failure.
     fn seal(
         &self,
         key: &AesKey,
@@ -156,6 +188,19 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>>;
+
+    /// AES-256-GCM encryption under a fresh random nonce that the library draws (in a FIPS build
+    /// the module's own IV generation, the only AES-GCM encryption it approves): returns the
+    /// nonce and `ciphertext ‖ tag`.
+    ///
+    /// # Errors
+    /// Only on library or random-generator failure.
+    fn seal_fresh(
+        &self,
+        key: &AesKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>)>;
 
     /// AES-256-GCM decryption of `ciphertext ‖ tag`.
     ///
@@ -193,7 +238,8 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
     /// HKDF-SHA512 (RFC 5869): extract with `salt` and `ikm`, expand with `info` into `out`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when `out` is longer than 255 × 64 bytes.
+    /// [`Error::InvalidInput`] when `out` is longer than 255 × 64 bytes; [`Error::NotApproved`]
+    /// in a FIPS build for an empty `salt` or `info`.
     fn hkdf_sha512(&self, salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> Result<()>;
 
     /// AES Key Wrap with Padding (RFC 5649; NIST SP 800-38F KWP) of `key` under the AES-256
@@ -214,19 +260,22 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
     /// Generates a new asymmetric key pair, returned as PKCS#8 DER.
     ///
     /// # Errors
-    /// Only on library or random-generator failure.
+    /// [`Error::NotApproved`] in a FIPS build for secp256k1; otherwise only on library or
+    /// random-generator failure.
     fn generate_key_pair(&self, spec: KeyPairSpec) -> Result<SecretBytes>;
 
     /// Parses a PKCS#8 DER private key of the given spec.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`] when the DER is malformed or is not a key of `spec`.
+    /// [`Error::InvalidKey`] when the DER is malformed or is not a key of `spec`;
+    /// [`Error::NotApproved`] in a FIPS build for secp256k1.
     fn load_private_key(&self, spec: KeyPairSpec, pkcs8: &[u8]) -> Result<Box<dyn PrivateKey>>;
 
     /// Parses a DER SubjectPublicKeyInfo of the given spec.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`] when the DER is malformed or is not a key of `spec`.
+    /// [`Error::InvalidKey`] when the DER is malformed or is not a key of `spec`;
+    /// [`Error::NotApproved`] in a FIPS build for secp256k1.
     fn load_public_key(&self, spec: KeyPairSpec, spki: &[u8]) -> Result<Box<dyn PublicKey>>;
 }
 
@@ -251,14 +300,15 @@ pub trait PrivateKey: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`Error::WrongAlgorithm`] when `algorithm` does not fit the key;
-    /// [`Error::InvalidInput`] for a digest of the wrong length.
+    /// [`Error::InvalidInput`] for a digest of the wrong length;
+    /// [`Error::NotApproved`] in a FIPS build for any digest.
     fn sign(&self, algorithm: SigningAlgorithm, input: SignInput<'_>) -> Result<Vec<u8>>;
 
     /// RSAES-OAEP decryption.
     ///
     /// # Errors
     /// [`Error::WrongAlgorithm`] for a non-RSA key; [`Error::DecryptFailed`] for any ciphertext
-    /// that does not decrypt.
+    /// that does not decrypt; [`Error::NotApproved`] in a FIPS build.
     fn decrypt_oaep(&self, hash: OaepHash, ciphertext: &[u8]) -> Result<SecretBytes>;
 
     /// ECDH with a peer's public key (DER SubjectPublicKeyInfo on the same curve): the raw
@@ -281,7 +331,8 @@ pub trait PublicKey: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`Error::BadSignature`] when the signature does not verify or is malformed;
     /// [`Error::WrongAlgorithm`] when `algorithm` does not fit the key;
-    /// [`Error::InvalidInput`] for a digest of the wrong length.
+    /// [`Error::InvalidInput`] for a digest of the wrong length;
+    /// [`Error::NotApproved`] in a FIPS build for any digest.
     fn verify(
         &self,
         algorithm: SigningAlgorithm,
@@ -293,7 +344,7 @@ pub trait PublicKey: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`Error::WrongAlgorithm`] for a non-RSA key; [`Error::InvalidInput`] when the plaintext
-    /// is too long for the key and hash.
+    /// is too long for the key and hash; [`Error::NotApproved`] in a FIPS build.
     fn encrypt_oaep(&self, hash: OaepHash, plaintext: &[u8]) -> Result<Vec<u8>>;
 }
 
@@ -304,6 +355,43 @@ pub(crate) fn check_digest_len(algorithm: SigningAlgorithm, input: SignInput<'_>
             Err(Error::InvalidInput("digest length does not match the signing algorithm"))
         }
         _ => Ok(()),
+    }
+}
+
+/// In a FIPS build, refuses a key pair spec the module does not approve: secp256k1 (the module
+/// approves ECDSA and ECDH on P-224, P-256, P-384 and P-521 only).
+pub(crate) fn fips_check_spec(spec: KeyPairSpec) -> Result<()> {
+    match spec {
+        KeyPairSpec::EccSecgP256k1 if FIPS => {
+            Err(Error::NotApproved("ECC_SECG_P256K1 (secp256k1)"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// In a FIPS build, refuses signing or verifying a precomputed digest: the module approves
+/// ECDSA and RSA signatures only when it hashes the message itself.
+pub(crate) fn fips_check_sign_input(input: SignInput<'_>) -> Result<()> {
+    match input {
+        SignInput::Digest(_) if FIPS => {
+            Err(Error::NotApproved("signing or verifying a precomputed digest"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// In a FIPS build, refuses RSAES-OAEP: the module has no approved RSA key transport.
+pub(crate) fn fips_check_oaep() -> Result<()> {
+    if FIPS { Err(Error::NotApproved("RSAES-OAEP encryption and decryption")) } else { Ok(()) }
+}
+
+/// In a FIPS build, refuses HKDF with an empty salt or an empty info, which the module does not
+/// approve (NIST SP 800-56C).
+pub(crate) fn fips_check_hkdf(salt: &[u8], info: &[u8]) -> Result<()> {
+    if FIPS && (salt.is_empty() || info.is_empty()) {
+        Err(Error::NotApproved("HKDF with an empty salt or info"))
+    } else {
+        Ok(())
     }
 }
 

@@ -188,6 +188,17 @@ impl CryptoBackend for RustCrypto {
             .map_err(|_| Error::Internal("AES-256-GCM encryption failed"))
     }
 
+    fn seal_fresh(
+        &self,
+        key: &AesKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>)> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.fill_random(&mut nonce)?;
+        Ok((nonce, self.seal(key, &nonce, aad, plaintext)?))
+    }
+
     fn open(
         &self,
         key: &AesKey,

@@ -52,6 +52,20 @@ pub use stream::{
 
 pub use crate::keystore::EncryptionContext;
 
+/// Why a FIPS build offers no envelope encryption (routes and `kagi envelope`), or `None` in a
+/// build without the `fips` feature. The message format fixes its AES-GCM IVs (zero for the
+/// header, the frame number for each frame), and the FIPS module approves AES-GCM encryption only
+/// under an IV it draws; suite 0x0578 also signs and verifies a precomputed SHA-384 digest,
+/// which it does not approve either (docs/FIPS.md).
+pub const FIPS_REFUSAL: Option<&str> = if crate::crypto::FIPS {
+    Some(
+        "envelope encryption is not approved in FIPS mode: the AWS Encryption SDK format fixes \
+         its AES-GCM IVs and signs a precomputed digest",
+    )
+} else {
+    None
+};
+
 /// What can go wrong encrypting or decrypting a message.
 ///
 /// Messages never carry key material, plaintext or context values.

@@ -245,6 +245,7 @@ impl From<crate::crypto::Error> for Error {
                 Self::new(ErrorKind::InvalidKeyUsage, format!("{alg} is not valid for this key"))
             }
             E::InvalidKey(why) => Self::validation(why),
+            E::NotApproved(_) => Self::new(ErrorKind::UnsupportedOperation, error.to_string()),
             E::Random | E::Internal(_) => Self::internal(error.to_string()),
         }
     }

@@ -161,6 +161,9 @@ impl Keystore {
             super::lifecycle::check(OperationClass::Import, &key.record, &key.arn)?;
             external_only(key.record.origin, &key.arn)?;
             algorithm.check_fits(key.record.spec, wrapping_spec)?;
+            // Every wrapping algorithm decrypts with RSAES-OAEP: a FIPS build refuses here,
+            // before handing out a token that ImportKeyMaterial could not use.
+            crypto::fips_check_oaep()?;
             let wrapping_key = self.backend().generate_key_pair(wrapping_spec)?;
             let public_key = self
                 .backend()

@@ -144,6 +144,9 @@ pub struct Keystore {
     write_lock: tokio::sync::Mutex<()>,
     /// Who hears of seals and audited events (metrics, notifications), once the server sets it.
     observer: std::sync::OnceLock<Arc<dyn observe::KeyObserver>>,
+    /// The ciphertext blob version Encrypt writes ([`ciphertext::BLOB_VERSION`]; tests of the
+    /// other version change it).
+    blob_format: u8,
 }
 
 /// A key as cached: its record and its unsealed versions.
@@ -375,6 +378,7 @@ impl Keystore {
             generation: AtomicU64::new(0),
             write_lock: tokio::sync::Mutex::new(()),
             observer: std::sync::OnceLock::new(),
+            blob_format: ciphertext::BLOB_VERSION,
         }
     }
 

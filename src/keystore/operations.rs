@@ -812,15 +812,27 @@ impl Keystore {
         let Some(Material::Aes(aes)) = &version.material else {
             return Err(Error::internal("symmetric key without material; this is a bug"));
         };
-        let mut nonce = [0u8; NONCE_LEN];
-        self.backend.fill_random(&mut nonce)?;
-        let header =
-            BlobHeader { key_id: key.uuid, version: version.record.version, nonce }.encode();
-        let aad = ciphertext::associated_data(&header, context);
-        let sealed = self.backend.seal(aes, &nonce, &aad, plaintext)?;
+        let mut header = BlobHeader {
+            format: self.blob_format,
+            key_id: key.uuid,
+            version: version.record.version,
+            nonce: [0u8; NONCE_LEN],
+        };
+        let sealed = if header.format == ciphertext::BLOB_VERSION_1 {
+            self.backend.fill_random(&mut header.nonce)?;
+            let aad = ciphertext::associated_data(&header, context);
+            self.backend.seal(aes, &header.nonce, &aad, plaintext)?
+        } else {
+            // The nonce is not in the associated data, so the library may draw it.
+            let aad = ciphertext::associated_data(&header, context);
+            let (nonce, sealed) = self.backend.seal_fresh(aes, &aad, plaintext)?;
+            header.nonce = nonce;
+            sealed
+        };
         if let Some(observer) = self.observer() {
             observer.sealed(&key.record.id, version.record.version, plaintext.len());
         }
+        let header = header.encode();
         let mut blob = Vec::with_capacity(header.len() + sealed.len());
         blob.extend_from_slice(&header);
         blob.extend_from_slice(&sealed);
@@ -840,7 +852,7 @@ impl Keystore {
             // Destroyed (expired or deleted imported) material cannot decrypt.
             return Err(Error::invalid_ciphertext());
         };
-        let aad = ciphertext::associated_data(&header.encode(), context);
+        let aad = ciphertext::associated_data(&header, context);
         let plaintext = self.backend.open(aes, &header.nonce, &aad, body)?;
         Ok((plaintext, version))
     }

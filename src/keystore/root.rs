@@ -392,7 +392,8 @@ impl RootKey {
         })
     }
 
-    /// Seals `plaintext` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
+    /// Seals `plaintext` with a fresh random nonce that the library draws:
+    /// `nonce ‖ ciphertext ‖ tag`.
     ///
     /// # Errors
     /// Only on crypto failure.
@@ -402,29 +403,17 @@ impl RootKey {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        let mut nonce = [0u8; NONCE_LEN];
-        backend.fill_random(&mut nonce)?;
-        self.seal_with_nonce(backend, &nonce, aad, plaintext)
+        let (nonce, sealed) = backend.seal_fresh(&self.key, aad, plaintext)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
     }
 
     /// Writes `root.check`: a fixed value sealed under this key.
     fn write_check(&self, backend: &dyn CryptoBackend, data_dir: &Path) -> Result<(), Error> {
-        let mut nonce = [0u8; NONCE_LEN];
-        backend.fill_random(&mut nonce)?;
-        let sealed = self.seal_with_nonce(backend, &nonce, CHECK_AAD, b"kagi")?;
+        let sealed = self.seal(backend, CHECK_AAD, b"kagi")?;
         write_private(&data_dir.join(CHECK_FILE), &sealed)
-    }
-
-    fn seal_with_nonce(
-        &self,
-        backend: &dyn CryptoBackend,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, Error> {
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&backend.seal(&self.key, nonce, aad, plaintext)?);
-        Ok(out)
     }
 
     /// Opens what [`RootKey::seal`] made.

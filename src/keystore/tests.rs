@@ -918,6 +918,32 @@ async fn symmetric_round_trips_and_context_binding() {
 }
 
 #[tokio::test]
+async fn both_blob_versions_decrypt_in_every_build() {
+    // Version 2 leaves the nonce out of the associated data (a FIPS build writes it; this
+    // build writes version 1). Each version decrypts, resists tampering, and is not the other.
+    let mut h = harness();
+    let id = h.symmetric().await;
+    let with_context = context(&[("purpose", "versions")]);
+    Arc::get_mut(&mut h.ks).expect("sole owner").blob_format = ciphertext::BLOB_VERSION_2;
+    let v2 = h.encrypt(&id, b"two", &with_context).await;
+    assert_eq!(v2[0], ciphertext::BLOB_VERSION_2);
+    assert_eq!(h.decrypt(&v2, &with_context).await.expect("decrypt v2"), b"two");
+    check_blob_tamper(&h, &v2, &with_context).await;
+    let mut relabelled = v2.clone();
+    relabelled[0] = ciphertext::BLOB_VERSION_1;
+    assert_err(h.decrypt(&relabelled, &with_context).await, ErrorKind::InvalidCiphertext);
+    if !crate::crypto::FIPS {
+        Arc::get_mut(&mut h.ks).expect("sole owner").blob_format = ciphertext::BLOB_VERSION_1;
+        let v1 = h.encrypt(&id, b"one", &with_context).await;
+        assert_eq!(v1[0], ciphertext::BLOB_VERSION_1);
+        assert_eq!(h.decrypt(&v1, &with_context).await.expect("decrypt v1"), b"one");
+        let mut relabelled = v1.clone();
+        relabelled[0] = ciphertext::BLOB_VERSION_2;
+        assert_err(h.decrypt(&relabelled, &with_context).await, ErrorKind::InvalidCiphertext);
+    }
+}
+
+#[tokio::test]
 async fn every_tampered_or_truncated_blob_is_invalid_ciphertext() {
     let h = harness();
     let id = h.symmetric().await;
@@ -3145,6 +3171,8 @@ async fn the_inventory_lists_keys_with_versions_and_aliases_without_auditing() {
     assert!(pending.versions.is_empty());
 }
 
+#[cfg(feature = "fips")]
+mod fips;
 mod grants;
 
 mod root_rotation;

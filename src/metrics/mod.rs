@@ -110,6 +110,14 @@ impl Metrics {
         memory_locked
             .set(i64::from(crate::hardening::memory_lock().is_some_and(|m| m.is_locked())));
         registry.register(Box::new(memory_locked)).expect("registered once");
+        let fips_mode = prometheus::IntGauge::new(
+            "kagi_fips_mode",
+            "1 when this is a FIPS build (the fips feature) running with the AWS-LC FIPS module in \
+             FIPS mode; 0 for a build without the feature.",
+        )
+        .expect("valid metric");
+        fips_mode.set(i64::from(crate::crypto::FIPS && crate::crypto::check_fips_mode().is_ok()));
+        registry.register(Box::new(fips_mode)).expect("registered once");
         let keys = KeyMetrics::register(&registry);
         let envelope = EnvelopeMetrics::register(&registry);
         let proxy = ProxyMetrics::register(&registry);

@@ -161,7 +161,7 @@ pub async fn serve(
         ca_bundle,
         listeners: listeners.addresses(),
     };
-    tracing::info!(target: "kagi::server", api = %ready.api, admin = ?ready.admin, listeners = ?ready.listeners, ca_bundle = %ready.ca_bundle.display(), "listening");
+    tracing::info!(target: "kagi::server", fips_mode = crate::crypto::FIPS, api = %ready.api, admin = ?ready.admin, listeners = ?ready.listeners, ca_bundle = %ready.ca_bundle.display(), "listening");
     on_ready(&ready)?;
     metrics.proxy().loaded();
     readiness.set("listeners", true);

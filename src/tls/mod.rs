@@ -146,8 +146,19 @@ impl SessionState {
     }
 }
 
-/// The server configuration kagi's listeners use: the aws-lc-rs provider (named explicitly:
-/// with ring also in the graph, rustls's default provider would be ambiguous), the TLS versions
+/// The rustls provider of every TLS configuration kagi builds, server or client: aws-lc-rs (named
+/// explicitly: with ring also in the graph, rustls's default provider would be ambiguous). In a
+/// FIPS build, rustls's FIPS provider: its approved cipher suites and groups only (no
+/// ChaCha20-Poly1305, no X25519), so that `ServerConfig::fips()` holds.
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    #[cfg(feature = "fips")]
+    let provider = rustls::crypto::default_fips_provider();
+    #[cfg(not(feature = "fips"))]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+}
+
+/// The server configuration kagi's listeners use: the provider of [`crypto_provider`], the TLS versions
 /// of `profile` (1.3 and 1.2, or 1.3 only) with rustls's default cipher suites and groups (which
 /// meet Mozilla's profiles: AEAD suites with forward secrecy only; `tests/it/tls_scan.rs` checks
 /// with sslyze), ALPN h2 then http/1.1, certificates chosen by `resolver`, sessions resumed with
@@ -162,7 +173,7 @@ pub fn server_config(
     profile: TlsProfile,
     sessions: &SessionState,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(crypto_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(profile.versions())
         .map_err(|e| TlsError::Issue(e.to_string()))?;

@@ -11,6 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::crypto::{AesKey, CryptoBackend, NONCE_LEN, SecretBytes};
 
+/// The HKDF salt of the ticket keys. Empty, as it always was, except in a FIPS build: the FIPS
+/// module does not approve HKDF with an empty salt, so FIPS nodes derive other ticket keys and a
+/// ticket from a node of the other kind gets a full handshake.
+const TICKET_SALT: &[u8] = if crate::crypto::FIPS { b"kagi tls ticket key" } else { b"" };
+
 /// How long one ticket key seals new tickets, in seconds.
 const PERIOD: u64 = 6 * 3600;
 
@@ -43,7 +48,7 @@ impl SharedTicketer {
         let mut info = b"kagi tls ticket key v1 ".to_vec();
         info.extend_from_slice(&period.to_be_bytes());
         self.backend
-            .hkdf_sha512(b"", self.secret.expose_secret(), &info, bytes.expose_secret_mut())
+            .hkdf_sha512(TICKET_SALT, self.secret.expose_secret(), &info, bytes.expose_secret_mut())
             .ok()?;
         let key = std::sync::Arc::new(AesKey::from_slice(bytes.expose_secret()).ok()?);
         keys.retain(|(p, _)| p + 1 >= period);
@@ -67,10 +72,8 @@ impl SharedTicketer {
 
     fn seal_at(&self, period: u64, plain: &[u8]) -> Option<Vec<u8>> {
         let key = self.key(period)?;
-        let mut nonce = [0u8; NONCE_LEN];
-        self.backend.fill_random(&mut nonce).ok()?;
         let aad = period.to_be_bytes();
-        let sealed = self.backend.seal(&key, &nonce, &aad, plain).ok()?;
+        let (nonce, sealed) = self.backend.seal_fresh(&key, &aad, plain).ok()?;
         let mut ticket = Vec::with_capacity(8 + NONCE_LEN + sealed.len());
         ticket.extend_from_slice(&aad);
         ticket.extend_from_slice(&nonce);
