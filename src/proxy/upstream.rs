@@ -9,11 +9,10 @@
 //!
 //! HTTP/1.1: idle connections are pooled per target (up to `max_idle_per_target`); a
 //! connection goes back to the pool when its response body has been read to the end, and is
-//! dropped otherwise. No task of its own drives it: the request using it does ([`Inline`]). HTTP/2: one multiplexed connection per target, re-opened when it closes.
+//! dropped otherwise. HTTP/2: one multiplexed connection per target, re-opened when it closes.
 //! Upgraded requests (WebSocket) get a connection of their own that is never pooled.
 
 use std::collections::VecDeque;
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,7 +108,7 @@ pub struct Target {
     pub address: String,
     /// Milliseconds since the pool's epoch until which the target is skipped (0: healthy).
     down_until: AtomicU64,
-    idle: Mutex<VecDeque<Inline>>,
+    idle: Mutex<VecDeque<http1::SendRequest<ProxyBody>>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
@@ -269,41 +268,29 @@ impl Pool {
         request: http::Request<ProxyBody>,
         upgrade: bool,
     ) -> Result<http::Response<ProxyBody>, UpstreamError> {
-        if upgrade {
-            // Its own connection, on a task of its own: it outlives the response (the upgraded
-            // stream) and is never pooled.
-            let mut sender = self.connect_h1_upgradable(target).await?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|error| classify(&target.address, &error))?;
-            return Ok(response.map(|body| {
-                UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, |e| {
-                    Box::new(e) as BoxError
-                }))
-            }));
-        }
-        let mut pooled = target.take_idle();
+        let mut pooled = if upgrade { None } else { target.take_idle() };
         // A pooled connection may have been closed by the target since: try the next.
-        while let Some(mut inline) = pooled.take() {
-            if inline.ready().await.is_ok() {
-                pooled = Some(inline);
+        while let Some(mut sender) = pooled.take() {
+            if sender.ready().await.is_ok() {
+                pooled = Some(sender);
                 break;
             }
             pooled = target.take_idle();
         }
-        let mut inline = match pooled {
-            Some(inline) => inline,
+        let mut sender = match pooled {
+            Some(sender) => sender,
             None => self.connect_h1(target).await?,
         };
-        let response =
-            inline.send(request).await.map_err(|error| classify(&target.address, &error))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| classify(&target.address, &error))?;
         let (parts, body) = response.into_parts();
-        let give_back = (self.config.max_idle_per_target > 0)
-            .then(|| (Arc::clone(target), self.config.max_idle_per_target));
+        let give_back = (!upgrade && self.config.max_idle_per_target > 0)
+            .then(|| (sender, Arc::clone(target), self.config.max_idle_per_target));
         Ok(http::Response::from_parts(
             parts,
-            UnsyncBoxBody::new(PooledBody { inner: body, connection: Some(inline), give_back }),
+            UnsyncBoxBody::new(PooledBody { inner: body, give_back }),
         ))
     }
 
@@ -365,20 +352,7 @@ impl Pool {
         }
     }
 
-    /// A new HTTP/1.1 connection to `target`, driven by the requests and responses that use
-    /// it (see [`Inline`]).
-    async fn connect_h1(&self, target: &Target) -> Result<Inline, UpstreamError> {
-        let stream = self.dial(target).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| classify(&target.address, &error))?;
-        Ok(Inline { sender, connection: Some(connection) })
-    }
-
-    /// A new HTTP/1.1 connection to `target` that may be upgraded (WebSocket), on a task of
-    /// its own.
-    async fn connect_h1_upgradable(
+    async fn connect_h1(
         &self,
         target: &Target,
     ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
@@ -419,20 +393,20 @@ impl Pool {
 
 impl Target {
     /// The most recently used idle connection not known to be closed, if any.
-    fn take_idle(&self) -> Option<Inline> {
+    fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some(inline) = idle.pop_back() {
-            if inline.is_open() {
-                return Some(inline);
+        while let Some(sender) = idle.pop_back() {
+            if !sender.is_closed() {
+                return Some(sender);
             }
         }
         None
     }
 
-    /// Keeps `inline` for the next request. Its connection may still be finishing the
-    /// response (hyper marks it ready a moment later): the next user waits on `ready()`.
-    fn give_back(&self, inline: Inline, max_idle: usize) {
-        if !inline.is_open() {
+    /// Keeps `sender` for the next request. Its connection may still be finishing the response
+    /// (hyper marks it ready a moment later): the next user waits on `ready()`.
+    fn give_back(&self, sender: http1::SendRequest<ProxyBody>, max_idle: usize) {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -440,73 +414,7 @@ impl Target {
             // Drop the oldest: it is the likeliest to have been closed by the target.
             idle.pop_front();
         }
-        idle.push_back(inline);
-    }
-}
-
-/// An HTTP/1.1 connection to a target that no task of its own drives: the request that uses
-/// it polls it while waiting for the response head, and the response body while it is read.
-/// Each request's I/O to the upstream thus happens on the task serving the client's
-/// connection, with no wake-up of another task (or thread) per request and per body chunk.
-/// An idle connection is polled by no one; its next user finds out whether it was closed.
-struct Inline {
-    sender: http1::SendRequest<ProxyBody>,
-    /// `None` once the connection has ended.
-    connection: Option<http1::Connection<TokioIo<Stream>, ProxyBody>>,
-}
-
-impl std::fmt::Debug for Inline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inline").field("open", &self.is_open()).finish()
-    }
-}
-
-impl Inline {
-    fn is_open(&self) -> bool {
-        self.connection.is_some() && !self.sender.is_closed()
-    }
-
-    /// Polls the connection: it reads and writes what it can.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        drive(&mut self.connection, cx);
-    }
-
-    /// Waits until the connection can take a request.
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            self.sender.poll_ready(cx)
-        })
-        .await
-    }
-
-    /// Sends `request`, driving the connection until the response head is in.
-    async fn send(
-        &mut self,
-        request: http::Request<ProxyBody>,
-    ) -> Result<http::Response<Incoming>, hyper::Error> {
-        let mut response = std::pin::pin!(self.sender.send_request(request));
-        std::future::poll_fn(|cx| {
-            // The connection first: it writes the request and reads the head.
-            drive(&mut self.connection, cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-/// Polls `connection` until it ends; then drops it, which answers a request still waiting on
-/// it with an error.
-fn drive(
-    connection: &mut Option<http1::Connection<TokioIo<Stream>, ProxyBody>>,
-    cx: &mut Context<'_>,
-) {
-    let Some(open) = connection else { return };
-    if let Poll::Ready(result) = Pin::new(open).poll(cx) {
-        if let Err(error) = result {
-            tracing::debug!(target: "kagi::proxy", %error, "upstream connection ended");
-        }
-        *connection = None;
+        idle.push_back(sender);
     }
 }
 
@@ -544,20 +452,16 @@ fn classify(target: &str, error: &hyper::Error) -> UpstreamError {
     UpstreamError::Protocol { target: target.to_owned(), message }
 }
 
-/// A response body that drives its HTTP/1.1 connection while it is read, and gives the
-/// connection back to the pool once read to the end.
+/// A response body that gives its HTTP/1.1 connection back to the pool once read to the end.
 struct PooledBody {
     inner: Incoming,
-    connection: Option<Inline>,
-    give_back: Option<(Arc<Target>, usize)>,
+    give_back: Option<(http1::SendRequest<ProxyBody>, Arc<Target>, usize)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let (Some(inline), Some((target, max_idle))) =
-            (self.connection.take(), self.give_back.take())
-        {
-            target.give_back(inline, max_idle);
+        if let Some((sender, target, max_idle)) = self.give_back.take() {
+            target.give_back(sender, max_idle);
         }
     }
 }
@@ -580,9 +484,6 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(inline) = &mut self.connection {
-            inline.drive(cx);
-        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             // hyper's server stops polling a body once `is_end_stream` says it ended, so the
