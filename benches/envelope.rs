@@ -90,5 +90,74 @@ fn envelope(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, envelope);
+/// The fixed costs of one message, piece by piece, each from aws-lc and from the RustCrypto
+/// crates: the key derivation (HKDF-SHA512: extract with the message id, two expands; and
+/// kagi's whole `MessageKeys::derive`, with the AES-GCM key setup), one SHA-512 block, and the
+/// random message id.
+fn per_message(c: &mut Criterion) {
+    use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+    use aws_lc_rs::{digest, hkdf};
+    use sha2::Digest as _;
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let message_id = [0x5a; 32];
+    let mut group = c.benchmark_group("per_message");
+    group.bench_function("hkdf_sha512_aws_lc", |b| {
+        b.iter(|| {
+            let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, black_box(&message_id)).extract(&DATA_KEY);
+            let (mut content, mut commit) = ([0u8; 32], [0u8; 32]);
+            prk.expand(&[&[0x04, 0x78], b"DERIVEKEY"], Len(32))
+                .unwrap()
+                .fill(&mut content)
+                .unwrap();
+            prk.expand(&[b"COMMITKEY"], Len(32)).unwrap().fill(&mut commit).unwrap();
+            black_box((content, commit))
+        });
+    });
+    group.bench_function("hkdf_sha512_rustcrypto", |b| {
+        b.iter(|| {
+            let hk = ::hkdf::Hkdf::<sha2::Sha512>::new(Some(black_box(&message_id)), &DATA_KEY);
+            let (mut content, mut commit) = ([0u8; 32], [0u8; 32]);
+            hk.expand_multi_info(&[&[0x04, 0x78], b"DERIVEKEY"], &mut content).unwrap();
+            hk.expand(b"COMMITKEY", &mut commit).unwrap();
+            black_box((content, commit))
+        });
+    });
+    let data_key = AesKey::from_slice(&DATA_KEY).expect("32 bytes");
+    group.bench_function("message_keys_derive", |b| {
+        b.iter(|| {
+            let suite = Suite::Aes256GcmHkdfSha512CommitKey;
+            black_box(kagi::envelope::format::MessageKeys::derive(suite, &data_key, &message_id))
+        });
+    });
+    let block = [0x33u8; 128];
+    group.bench_function("sha512_one_block_aws_lc", |b| {
+        b.iter(|| black_box(digest::digest(&digest::SHA512, black_box(&block[..100]))));
+    });
+    group.bench_function("sha512_one_block_rustcrypto", |b| {
+        b.iter(|| black_box(sha2::Sha512::digest(black_box(&block[..100]))));
+    });
+    group.bench_function("message_id_aws_lc", |b| {
+        let rng = SystemRandom::new();
+        b.iter(|| {
+            let mut id = [0u8; 32];
+            rng.fill(&mut id).unwrap();
+            black_box(id)
+        });
+    });
+    group.bench_function("message_id_getrandom", |b| {
+        b.iter(|| {
+            let mut id = [0u8; 32];
+            getrandom::fill(&mut id).unwrap();
+            black_box(id)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, envelope, per_message);
 criterion_main!(benches);

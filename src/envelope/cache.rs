@@ -178,6 +178,43 @@ pub struct DataKeyUsage {
     usage: Option<Arc<Usage>>,
 }
 
+/// A GenerateDataKey request made again and again (a proxy route whose encryption context
+/// does not depend on the request), with the name of its cache entry computed once. Use it
+/// with [`CachingKeys::generate_data_key_for`].
+#[derive(Clone)]
+pub struct EncryptRequest {
+    principal: String,
+    key: String,
+    context: EncryptionContext,
+    /// The encrypt entry's name; `None` for a context that is never cached (one holding a
+    /// signing key's public key).
+    id: Option<CacheId>,
+}
+
+impl EncryptRequest {
+    /// A request of `principal` for data keys under `key` bound to `context`.
+    pub fn new(principal: &str, key: &str, context: EncryptionContext) -> Self {
+        let id = (!context.contains_key(PUBLIC_KEY_CONTEXT_KEY))
+            .then(|| cache_id(Direction::Encrypt, principal, key, &context, &[]));
+        Self { principal: principal.to_owned(), key: key.to_owned(), context, id }
+    }
+
+    /// Whether this is the request of `principal` for `key` with `context`.
+    pub fn is_for(&self, principal: &str, key: &str, context: &EncryptionContext) -> bool {
+        self.principal == principal && self.key == key && self.context == *context
+    }
+}
+
+impl fmt::Debug for EncryptRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Context values may be tenant names: not printed.
+        f.debug_struct("EncryptRequest")
+            .field("principal", &self.principal)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Drops cache entries when told, and when the keystore records a change that revokes a key
 /// (as a [`KeyObserver`]). Holds the cache's state, not the key service, so no reference cycle
 /// arises when the keystore holds it.
@@ -236,6 +273,34 @@ impl CachingKeys {
             return Ok((data_key, DataKeyUsage::default()));
         }
         let id = cache_id(Direction::Encrypt, principal, key, context, &[]);
+        self.generate_cached(id, principal, key, context).await
+    }
+
+    /// [`CachingKeys::generate_data_key_with_usage`] for a request prepared once
+    /// ([`EncryptRequest`]), which saves hashing its fields into the entry's name each time.
+    ///
+    /// # Errors
+    /// As [`CachingKeys::generate_data_key_with_usage`].
+    pub async fn generate_data_key_for(
+        &self,
+        request: &EncryptRequest,
+    ) -> Result<(DataKey, DataKeyUsage), KeyServiceError> {
+        let EncryptRequest { principal, key, context, id } = request;
+        match id {
+            Some(id) => self.generate_cached(*id, principal, key, context).await,
+            None => self.generate_data_key_with_usage(principal, key, context).await,
+        }
+    }
+
+    /// GenerateDataKey through the encrypt entry `id`, the name of `principal`, `key` and
+    /// `context`.
+    async fn generate_cached(
+        &self,
+        id: CacheId,
+        principal: &str,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<(DataKey, DataKeyUsage), KeyServiceError> {
         let entry = self
             .cached(id, Direction::Encrypt, || async {
                 let data_key = self.inner.generate_data_key(principal, key, context).await?;

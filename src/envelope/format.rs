@@ -26,7 +26,7 @@
 //! panics on hostile bytes.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::hkdf;
+use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
@@ -406,16 +406,16 @@ impl std::fmt::Debug for MessageKeys {
     }
 }
 
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
 impl MessageKeys {
     /// Derives the content key and commitment key of a message from its data key.
+    ///
+    /// HKDF-SHA512 (RFC 5869) over the RustCrypto `sha2` crate ([`KeyedSha512`]) rather than
+    /// aws-lc's `hkdf`: the HMAC keyed with the PRK is set up once and cloned for both expands
+    /// (aws-lc sets it up again for each, and allocates and cleanses around every call), which
+    /// halves the cost of a message's key derivation (`cargo bench --bench envelope --
+    /// per_message`: 4.9 µs against 9.9 µs on the bench machine). Every intermediate (the
+    /// PRK, each expand's output block, the padded HMAC keys) is held in a `Zeroizing` buffer,
+    /// and the keyed SHA-512 states wipe themselves on drop (sha2's `zeroize` feature).
     ///
     /// # Errors
     /// [`Error::Internal`] if the library fails.
@@ -424,17 +424,18 @@ impl MessageKeys {
         data_key: &AesKey,
         message_id: &[u8; MESSAGE_ID_LEN],
     ) -> Result<Self, Error> {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, message_id)
-            .extract(data_key.expose_secret().as_slice());
-        let suite_id = suite.id().to_be_bytes();
+        // Extract: PRK = HMAC(salt = message id, IKM = data key).
+        let mut prk = Zeroizing::new(Sha512Output::default());
+        KeyedSha512::new(message_id).mac_into(&[data_key.expose_secret().as_slice()], &mut prk);
+        // Expand: each output fits the first block, T(1) = HMAC(PRK, info ‖ 0x01).
+        let expand = KeyedSha512::new(prk.as_slice());
+        let mut block = Zeroizing::new(Sha512Output::default());
         let mut content = Zeroizing::new([0u8; DATA_KEY_LEN]);
-        prk.expand(&[&suite_id, b"DERIVEKEY"], Len(DATA_KEY_LEN))
-            .and_then(|okm| okm.fill(content.as_mut_slice()))
-            .map_err(|_| Error::Internal("HKDF failed"))?;
+        expand.mac_into(&[&suite.id().to_be_bytes(), b"DERIVEKEY", &[1]], &mut block);
+        content.copy_from_slice(&block[..DATA_KEY_LEN]);
         let mut commit_key = [0u8; COMMIT_KEY_LEN];
-        prk.expand(&[b"COMMITKEY"], Len(COMMIT_KEY_LEN))
-            .and_then(|okm| okm.fill(&mut commit_key))
-            .map_err(|_| Error::Internal("HKDF failed"))?;
+        expand.mac_into(&[b"COMMITKEY", &[1]], &mut block);
+        commit_key.copy_from_slice(&block[..COMMIT_KEY_LEN]);
         let content = UnboundKey::new(&AES_256_GCM, content.as_slice())
             .map_err(|_| Error::Internal("AES-256-GCM key setup failed"))?;
         Ok(Self { content: LessSafeKey::new(content), commit_key })
@@ -465,6 +466,56 @@ impl MessageKeys {
         let nonce = Nonce::assume_unique_for_key([0u8; IV_LEN]);
         let mut in_out = *tag;
         self.content.open_in_place(nonce, Aad::from(header_body), &mut in_out).is_ok()
+    }
+}
+
+/// The output of SHA-512 (and of HMAC-SHA512).
+type Sha512Output = sha2::digest::Output<sha2::Sha512>;
+
+/// HMAC-SHA512 (RFC 2104) under a key of at most one block (128 bytes): the inner and outer
+/// hashes with the padded key absorbed, cloned for each message so that a key used twice is
+/// set up once. Written out rather than taken from `hmac`, whose key setup leaves the padded
+/// key block on the stack unwiped; here it is a `Zeroizing` buffer.
+struct KeyedSha512 {
+    inner: sha2::Sha512,
+    outer: sha2::Sha512,
+}
+
+impl KeyedSha512 {
+    const BLOCK: usize = 128;
+
+    /// Keyed with `key`, which must be at most 128 bytes (kagi's are 32 and 64).
+    fn new(key: &[u8]) -> Self {
+        // The states hold the padded key: they must wipe themselves (sha2's `zeroize`
+        // feature), or this does not compile.
+        const _: fn() = || {
+            fn wipes_itself<T: zeroize::ZeroizeOnDrop>() {}
+            wipes_itself::<sha2::Sha512>();
+        };
+        debug_assert!(key.len() <= Self::BLOCK, "an HMAC key longer than a block");
+        let mut block = Zeroizing::new([0u8; Self::BLOCK]);
+        for (pad, byte) in block.iter_mut().zip(key) {
+            *pad = *byte;
+        }
+        block.iter_mut().for_each(|b| *b ^= 0x36);
+        let mut inner = sha2::Sha512::new();
+        inner.update(block.as_slice());
+        block.iter_mut().for_each(|b| *b ^= 0x36 ^ 0x5c);
+        let mut outer = sha2::Sha512::new();
+        outer.update(block.as_slice());
+        Self { inner, outer }
+    }
+
+    /// The HMAC of the concatenation of `parts`, written to `out`.
+    fn mac_into(&self, parts: &[&[u8]], out: &mut Sha512Output) {
+        let mut inner = self.inner.clone();
+        for part in parts {
+            inner.update(part);
+        }
+        inner.finalize_into(out);
+        let mut outer = self.outer.clone();
+        outer.update(out.as_slice());
+        outer.finalize_into(out);
     }
 }
 

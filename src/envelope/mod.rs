@@ -41,7 +41,7 @@ pub mod json;
 pub mod keys;
 pub mod stream;
 
-pub use cache::{CacheInvalidator, CacheLimits, CachingKeys, DataKeyUsage};
+pub use cache::{CacheInvalidator, CacheLimits, CachingKeys, DataKeyUsage, EncryptRequest};
 pub use format::{EncryptedDataKey, Header, Suite};
 pub use json::{decrypt_fields, encrypt_fields};
 pub use keys::{DataKey, KeyService, KeyServiceError, KeystoreKeys, RemoteKeys};

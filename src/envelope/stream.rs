@@ -169,15 +169,14 @@ impl PreparedEncryption {
         let mut header_bytes = header.encode_body()?;
         let tag = keys.header_tag(&header_bytes)?;
         header_bytes.extend_from_slice(&tag);
-        let frame_length = header.frame_length as usize;
         Ok(Encryptor {
             keys,
             header,
             header_len: header_bytes.len(),
             unsent_header: Some(header_bytes),
-            // Room for a whole frame from the start: the buffer never grows, so no copy of
-            // plaintext is left behind in a freed allocation; it is wiped once, on drop.
-            pending: Zeroizing::new(Vec::with_capacity(frame_length)),
+            // Allocated as plaintext arrives (`Encryptor::hold`), so a small body costs a small
+            // buffer to allocate and wipe, not a whole frame.
+            pending: Zeroizing::new(Vec::new()),
             sequence: 1,
             signer: signer.map(|key| (key, digest::Context::new(&digest::SHA384))),
         })
@@ -199,7 +198,8 @@ pub struct Encryptor {
     unsent_header: Option<Vec<u8>>,
     /// Their length, its tag included.
     header_len: usize,
-    /// Plaintext of the next frame (fewer than or exactly `frame_length` bytes).
+    /// Plaintext of the next frame (fewer than or exactly `frame_length` bytes). Its capacity
+    /// grows only through [`Encryptor::hold`], which wipes the allocation it leaves.
     pending: Zeroizing<Vec<u8>>,
     /// Sequence number of the next frame.
     sequence: u32,
@@ -267,16 +267,16 @@ impl Encryptor {
                     self.seal_frame(false, frame, out)?;
                     input = rest;
                 }
-                self.pending.extend_from_slice(input);
+                self.hold(input);
                 return Ok(());
             }
             let room = frame_length - self.pending.len();
             if input.len() <= room {
-                self.pending.extend_from_slice(input);
+                self.hold(input);
                 return Ok(());
             }
             let (head, rest) = input.split_at(room);
-            self.pending.extend_from_slice(head);
+            self.hold(head);
             input = rest;
             // A full frame with more plaintext after it: a regular frame.
             let pending = std::mem::take(&mut self.pending);
@@ -309,6 +309,23 @@ impl Encryptor {
             out.extend_from_slice(signature);
         }
         Ok(())
+    }
+
+    /// Appends `plaintext` (which fits in the frame) to the pending bytes. Growing moves them
+    /// to a larger allocation by hand and wipes the old one (`Vec`'s own growth would free it
+    /// with the plaintext in it); the capacity doubles up to one frame, so a message reallocates
+    /// a few times at most, and a small one holds a small buffer.
+    fn hold(&mut self, plaintext: &[u8]) {
+        let needed = self.pending.len() + plaintext.len();
+        if needed > self.pending.capacity() {
+            let frame_length = self.header.frame_length as usize;
+            let capacity = (self.pending.capacity() * 2).min(frame_length).max(needed);
+            let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+            grown.extend_from_slice(&self.pending);
+            // The old buffer is wiped (its whole capacity) as it drops.
+            self.pending = grown;
+        }
+        self.pending.extend_from_slice(plaintext);
     }
 
     fn emit_header(&mut self, out: &mut Vec<u8>) {

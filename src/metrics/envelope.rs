@@ -11,7 +11,7 @@
 //! The proxy calls [`EnvelopeMetrics::body`] and [`EnvelopeMetrics::failure`];
 //! `envelope::cache` calls the cache methods.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::envelope::Error;
 use crate::keystore::ErrorKind;
@@ -25,6 +25,22 @@ pub struct EnvelopeMetrics {
     cache_lookups: IntCounterVec,
     cache_evictions: IntCounterVec,
     cache_entries: IntGauge,
+}
+
+/// The body and byte counters of one route, key and direction
+/// ([`EnvelopeMetrics::body_counters`]). Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct BodyCounters {
+    bodies: IntCounter,
+    bytes: IntCounter,
+}
+
+impl BodyCounters {
+    /// Counts one body of `plaintext_bytes`.
+    pub fn count(&self, plaintext_bytes: u64) {
+        self.bodies.inc();
+        self.bytes.inc_by(plaintext_bytes);
+    }
 }
 
 /// Which way a body went through the envelope.
@@ -257,9 +273,18 @@ impl EnvelopeMetrics {
     /// Counts one body of `plaintext_bytes` that went `direction` on `route` under the key
     /// `key_id` (an id the route is configured with, not what a client typed).
     pub fn body(&self, route: &str, key_id: &str, direction: Direction, plaintext_bytes: u64) {
+        self.body_counters(route, key_id, direction).count(plaintext_bytes);
+    }
+
+    /// The counters [`EnvelopeMetrics::body`] counts into for `route`, `key_id` and
+    /// `direction`, looked up once: a caller counting many bodies keeps them (a lookup hashes
+    /// the labels and takes the family's lock). The series exist from this call on.
+    pub fn body_counters(&self, route: &str, key_id: &str, direction: Direction) -> BodyCounters {
         let labels = [route, key_id, direction.label()];
-        self.bodies.with_label_values(&labels).inc();
-        self.bytes.with_label_values(&labels).inc_by(plaintext_bytes);
+        BodyCounters {
+            bodies: self.bodies.with_label_values(&labels),
+            bytes: self.bytes.with_label_values(&labels),
+        }
     }
 
     /// Counts one body on `route` that failed for `reason`.

@@ -45,8 +45,8 @@ use hyper::body::{Body, Frame};
 use super::{BoxError, ProxyBody};
 use crate::config::{ContextSource, EnvelopeConfig, RouteConfig};
 use crate::envelope::{
-    self, CachingKeys, DecryptOptions, Decryptor, EncryptOptions, EncryptionContext, KeyService,
-    PreparedEncryption, Suite,
+    self, CachingKeys, DecryptOptions, Decryptor, EncryptOptions, EncryptRequest,
+    EncryptionContext, KeyService, PreparedEncryption, Suite,
 };
 use crate::keystore::ErrorKind;
 use crate::metrics::envelope::FailureReason;
@@ -196,10 +196,12 @@ pub(super) type OnEnd = Box<dyn FnOnce(u64) + Send>;
 
 /// Encrypts a request body (whole-body mode): gets the data key now (from the cache, or the
 /// key service as the route's principal), then streams. Returns the body and, when it can be
-/// known, its new length.
+/// known, its new length. `fixed` is the route's data-key request when its context is the
+/// same for every request; it is used when the message's context is that one.
 pub(super) async fn encrypt_body(
     keys: &CachingKeys,
     envelope: &EnvelopeConfig,
+    fixed: Option<&EncryptRequest>,
     context: EncryptionContext,
     body: ProxyBody,
     declared: Option<u64>,
@@ -207,10 +209,15 @@ pub(super) async fn encrypt_body(
 ) -> Result<(ProxyBody, Option<u64>), (Refusal, Option<FailureReason>)> {
     let refuse = |e: envelope::Error| (Refusal::encrypting(&e), Some(FailureReason::of(&e)));
     let prepared = PreparedEncryption::new(context, options(envelope)).map_err(refuse)?;
-    let (data_key, usage) = keys
-        .generate_data_key_with_usage(&envelope.principal, &envelope.key, prepared.kms_context())
-        .await
-        .map_err(|e| refuse(e.into()))?;
+    let kms_context = prepared.kms_context();
+    let fixed = fixed.filter(|r| r.is_for(&envelope.principal, &envelope.key, kms_context));
+    let data_key = match fixed {
+        Some(request) => keys.generate_data_key_for(request).await,
+        None => {
+            keys.generate_data_key_with_usage(&envelope.principal, &envelope.key, kms_context).await
+        }
+    };
+    let (data_key, usage) = data_key.map_err(|e| refuse(e.into()))?;
     let encryptor = prepared.start(data_key).map_err(refuse)?;
     let length = match (declared, envelope.suite) {
         (Some(plaintext), Suite::Aes256GcmHkdfSha512CommitKey) => Some(ciphertext_len(
@@ -487,6 +494,25 @@ impl<T: Transform> Transformed<T> {
         }
     }
 
+    /// Ends the input: what `out` holds, then what the transform finishes with.
+    fn end(&mut self, mut out: Vec<u8>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(transform) = self.transform.take() {
+            if let Err(error) = transform.finish(&mut out) {
+                return self.failed(error);
+            }
+            if !self.plaintext_in {
+                self.bytes += out.len() as u64;
+            }
+            if let Some(on_end) = self.on_end.take() {
+                on_end(self.bytes);
+            }
+        }
+        if out.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
+    }
+
     fn failed(&mut self, error: envelope::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.transform = None;
         if !self.plaintext_in {
@@ -541,23 +567,13 @@ impl<T: Transform> Body for Transformed<T> {
                     if let Err(error) = transform.update(&data, &mut out) {
                         return self.failed(error);
                     }
+                    if self.inner.is_end_stream() {
+                        // That was the last chunk (its length was declared): end now, so the
+                        // rest of the message goes out with it, in one buffer.
+                        return self.end(out);
+                    }
                 }
-                Poll::Ready(None) => {
-                    let Some(transform) = self.transform.take() else { continue };
-                    if let Err(error) = transform.finish(&mut out) {
-                        return self.failed(error);
-                    }
-                    if !self.plaintext_in {
-                        self.bytes += out.len() as u64;
-                    }
-                    if let Some(on_end) = self.on_end.take() {
-                        on_end(self.bytes);
-                    }
-                    if out.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                }
+                Poll::Ready(None) => return self.end(out),
             }
             if !out.is_empty() {
                 if !self.plaintext_in {

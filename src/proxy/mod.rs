@@ -27,7 +27,7 @@ mod upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -44,9 +44,10 @@ pub use listener::{Bound, Drain, Listeners};
 pub use upstream::{Pool, ProxyBody, UpstreamError};
 
 use crate::config::{HostHeader, ListenerConfig, ProxyConfig, RouteConfig, UpstreamProtocol};
+use crate::envelope::EncryptRequest;
 use crate::keystore::Keystore;
 use crate::metrics::ProxyMetrics;
-use crate::metrics::envelope::{Direction, EnvelopeMetrics, FailureReason};
+use crate::metrics::envelope::{BodyCounters, Direction, EnvelopeMetrics, FailureReason};
 use crate::tls::{CertStore, SessionState, SniResolver, TlsError};
 
 /// Any error a body may carry.
@@ -63,8 +64,21 @@ pub struct Snapshot {
     /// Data keys for envelope routes (through the data-key cache).
     keys: Keys,
     envelope_metrics: EnvelopeMetrics,
-    /// Each envelope route's key ARN, resolved when the snapshot was built.
-    key_arns: HashMap<String, String>,
+    /// What each envelope route resolved when the snapshot was built, by route name.
+    envelope_routes: HashMap<String, EnvelopeRoute>,
+}
+
+/// What a snapshot resolves once for an envelope route.
+#[derive(Debug)]
+struct EnvelopeRoute {
+    /// The ARN of the route's key.
+    key_arn: String,
+    /// Its body counters by direction (decrypt, encrypt), looked up on first use: a series
+    /// appears with its first body.
+    counters: [OnceLock<BodyCounters>; 2],
+    /// The route's data-key request when its encryption context is the same for every request
+    /// (made of values and the route's name only), its cache entry named once.
+    fixed: Option<EncryptRequest>,
 }
 
 /// A listener's part of a snapshot.
@@ -141,7 +155,7 @@ impl Snapshot {
             );
         }
         // Every envelope route's key must exist; messages name it by ARN.
-        let mut key_arns = HashMap::new();
+        let mut envelope_routes = HashMap::new();
         for route in &config.routes {
             let Some(envelope) = &route.envelope else { continue };
             let arn = crate::envelope::KeyService::key_arn(
@@ -151,7 +165,22 @@ impl Snapshot {
             )
             .await
             .map_err(|e| format!("route {:?}: key {:?}: {e}", route.name, envelope.key))?;
-            key_arns.insert(route.name.clone(), arn);
+            let fixed = envelope
+                .context
+                .iter()
+                .all(|(_, source)| {
+                    matches!(
+                        source,
+                        crate::config::ContextSource::Value(_)
+                            | crate::config::ContextSource::Route
+                    )
+                })
+                .then(|| envelope::request_context(route, envelope, &http::HeaderMap::new(), ""))
+                .and_then(Result::ok)
+                .map(|context| EncryptRequest::new(&envelope.principal, &envelope.key, context));
+            let counters = [OnceLock::new(), OnceLock::new()];
+            envelope_routes
+                .insert(route.name.clone(), EnvelopeRoute { key_arn: arn, counters, fixed });
         }
         let access_log =
             Arc::new(AccessLog::open(&config.access_log, metrics.access_log_dropped())?);
@@ -163,21 +192,23 @@ impl Snapshot {
             metrics: metrics.clone(),
             keys: Arc::clone(keys),
             envelope_metrics: envelope_metrics.clone(),
-            key_arns,
+            envelope_routes,
         })
     }
 
     /// A callback counting a body of `route` in `direction` once it ends.
     fn count_body(&self, route: &RouteConfig, direction: Direction) -> envelope::OnEnd {
-        let metrics = self.envelope_metrics.clone();
-        let route = route.name.clone();
-        let key_id = self
-            .key_arns
-            .get(&route)
-            .and_then(|arn| crate::metrics::keys::key_id_of_arn(arn))
-            .unwrap_or("-")
-            .to_owned();
-        Box::new(move |bytes| metrics.body(&route, &key_id, direction, bytes))
+        let counters = |key_arn: Option<&str>| {
+            let key_id = key_arn.and_then(crate::metrics::keys::key_id_of_arn).unwrap_or("-");
+            self.envelope_metrics.body_counters(&route.name, key_id, direction)
+        };
+        let counters = match self.envelope_routes.get(&route.name) {
+            Some(resolved) => resolved.counters[usize::from(direction == Direction::Encrypt)]
+                .get_or_init(|| counters(Some(&resolved.key_arn)))
+                .clone(),
+            None => counters(None),
+        };
+        Box::new(move |bytes| counters.count(bytes))
     }
 
     /// The configuration this snapshot serves.
@@ -463,9 +494,17 @@ async fn prepare_envelope(
             .and_then(|v| v.parse::<u64>().ok());
         if config.json_fields.is_empty() {
             let on_end = snapshot.count_body(route, Direction::Encrypt);
-            let (encrypted, length) =
-                envelope::encrypt_body(keys, config, context.clone(), body, declared, on_end)
-                    .await?;
+            let fixed = snapshot.envelope_routes.get(&route.name).and_then(|r| r.fixed.as_ref());
+            let (encrypted, length) = envelope::encrypt_body(
+                keys,
+                config,
+                fixed,
+                context.clone(),
+                body,
+                declared,
+                on_end,
+            )
+            .await?;
             body = encrypted;
             set_length(&mut parts.headers, length);
         } else {
@@ -510,7 +549,7 @@ async fn prepare_envelope(
     if whole && !fetches {
         return Ok((body, None));
     }
-    let Some(key_arn) = snapshot.key_arns.get(&route.name).cloned() else {
+    let Some(key_arn) = snapshot.envelope_routes.get(&route.name).map(|r| r.key_arn.clone()) else {
         return Ok((body, None));
     };
     let options = crate::envelope::DecryptOptions { key_arn, context };
