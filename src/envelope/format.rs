@@ -409,7 +409,7 @@ impl std::fmt::Debug for MessageKeys {
 impl MessageKeys {
     /// Derives the content key and commitment key of a message from its data key.
     ///
-    /// HKDF-SHA512 (RFC 5869) over the RustCrypto `sha2` crate ([`KeyedSha512`]) rather than
+    /// HKDF-SHA512 (RFC 5869) over the RustCrypto `sha2` crate (`KeyedSha512` below) rather than
     /// aws-lc's `hkdf`: the HMAC keyed with the PRK is set up once and cloned for both expands
     /// (aws-lc sets it up again for each, and allocates and cleanses around every call), which
     /// halves the cost of a message's key derivation (`cargo bench --bench envelope --
