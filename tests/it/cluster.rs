@@ -296,16 +296,30 @@ async fn the_database_going_away_fails_changes_fast_and_keeps_loaded_keys_servin
     // Load throughout: Encrypt with the loaded key on a, counting failures.
     let stop = Arc::new(AtomicBool::new(false));
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // The last failure, for the message if the load stalls.
+    let last_error = Arc::new(std::sync::Mutex::new(String::new()));
     let load = {
         let (stop, done, failed) = (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&failed));
+        let last_error = Arc::clone(&last_error);
         let mut client = a.client(HttpVersion::Http1, &ADMIN).await;
+        let (api, ca_bundle) = (a.ready.api.to_string(), a.ready.ca_bundle.clone());
         let key = key.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 match encrypt(&mut client, &key).await {
                     Ok(_) => done.fetch_add(1, Ordering::SeqCst),
-                    Err(_) => failed.fetch_add(1, Ordering::SeqCst),
+                    Err(error) => {
+                        *last_error.lock().expect("lock") = code(Err(error));
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
                 };
+                // A closed connection is opened again, as any client does.
+                if !client.is_open()
+                    && let Ok(again) =
+                        crate::support::server::client_for(&api, &ca_bundle, &ADMIN).await
+                {
+                    client = again;
+                }
                 // A failure can come back without waiting on anything: let the test run.
                 tokio::task::yield_now().await;
             }
@@ -313,14 +327,16 @@ async fn the_database_going_away_fails_changes_fast_and_keeps_loaded_keys_servin
     };
     let wait_for_load = |from: u64| {
         let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+        let last_error = Arc::clone(&last_error);
         async move {
             let start = Instant::now();
             while done.load(Ordering::SeqCst) < from + 20 {
                 assert!(
                     start.elapsed() < DEADLINE,
-                    "the load stalled at {} done, {} failed",
+                    "the load stalled at {} done, {} failed, the last with {}",
                     done.load(Ordering::SeqCst),
-                    failed.load(Ordering::SeqCst)
+                    failed.load(Ordering::SeqCst),
+                    last_error.lock().expect("lock")
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

@@ -269,6 +269,9 @@ impl Server {
     }
 
     /// A client signing with any access key id and secret (to test refusals).
+    ///
+    /// # Panics
+    /// When it cannot connect.
     pub(crate) async fn client_with(
         &self,
         version: HttpVersion,
@@ -329,4 +332,22 @@ fn config_text(
     text.push_str("[quotas]\n");
     text.push_str(quotas);
     text
+}
+
+/// A new HTTP/1.1 client of the API at `api` (trusting `ca_bundle`) as `principal`, or why it
+/// cannot connect: for a test's client that opens its connection again.
+pub(crate) async fn client_for(
+    api: &str,
+    ca_bundle: &Path,
+    principal: &TestPrincipal,
+) -> Result<Client, String> {
+    let tls = Arc::new(tls_config(ca_bundle, HttpVersion::Http1).map_err(|e| e.to_string())?);
+    let credentials = Arc::new(Credentials {
+        access_key_id: principal.access_key_id.to_owned(),
+        secret: SecretBytes::from_slice(principal.secret.as_bytes()),
+        region: REGION.to_owned(),
+    });
+    Client::connect(api, "localhost", tls, HttpVersion::Http1, credentials)
+        .await
+        .map_err(|e| e.to_string())
 }
