@@ -52,8 +52,9 @@ impl Keystore {
         let ring = self.root();
         let current = &ring.current;
         let recorded = self.store.init_meta(CHECK_META, RootKey::stored_check(data_dir)?).await?;
-        let next = self.store.meta(NEXT_META).await?;
-        let next = next.as_deref().and_then(|sealed| current.open_next(self.backend, sealed));
+        let sealed_next = self.store.meta(NEXT_META).await?;
+        let next =
+            sealed_next.as_deref().and_then(|sealed| current.open_next(self.backend, sealed));
         match (current.opens_check(self.backend, &recorded), next) {
             // Staged, maybe partly re-sealed: seal with the new key, open with both. Without
             // the staged files, the rotation runs on another node: this one only follows.
@@ -74,7 +75,7 @@ impl Keystore {
             (true, None) => {
                 // A `root_next` this key does not open was sealed under the key it replaced:
                 // the commit stopped before removing it.
-                if self.store.meta(NEXT_META).await?.is_some() {
+                if sealed_next.is_some() {
                     self.store.set_meta(NEXT_META, None).await?;
                 }
                 Ok(false)
