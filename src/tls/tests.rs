@@ -254,3 +254,21 @@ fn certificate_names_are_checked() {
         assert!(matches!(check_name(bad), Err(TlsError::InvalidName(_))), "{bad}");
     }
 }
+
+/// docs/FIPS.md: certificates signed by a keystore key are refused in FIPS mode (kagi signs
+/// their digest, which the module does not approve), and nothing is stored.
+#[cfg(feature = "fips")]
+#[tokio::test]
+async fn fips_refuses_issuing_a_certificate_with_a_keystore_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keystore = keystore(dir.path());
+    let store = CertStore::new(dir.path());
+    let ctx = ctx();
+    let issuer = CertIssuer::new(&keystore, &ctx, &store);
+    let refused = issuer.create_ca("ca", KeySpec::EccNistP256, 10).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("FIPS") || refused.to_string().contains("approved"),
+        "{refused}"
+    );
+    assert!(store.load("ca").is_err(), "no certificate is kept");
+}
