@@ -53,7 +53,10 @@ pub(super) fn run(args: &super::Args, check: &CheckConfigArgs) -> Result<(), Err
     for upstream in &config.proxy.upstreams {
         let counter =
             prometheus::IntCounter::new("check", "check").map_err(|e| invalid(e.to_string()))?;
-        crate::proxy::Pool::new(Arc::clone(upstream), counter).map_err(invalid)?;
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("check", "check"))
+                .map_err(|e| invalid(e.to_string()))?;
+        crate::proxy::Pool::new(Arc::clone(upstream), counter, histogram).map_err(invalid)?;
     }
     if exists {
         for (what, name) in &certificates {

@@ -2,6 +2,8 @@
 //! (`kagi_config_*`). Labels are bounded: route, listener and upstream names come from the
 //! configuration, methods outside the standard set count as `OTHER`, statuses by class.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -125,21 +127,20 @@ impl ProxyMetrics {
         }
     }
 
-    /// Counts one answered request.
-    pub fn request(&self, listener: &str, route: &str, method: &http::Method, status: u16) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests.with_label_values(&[listener, route, method_label(method), class]).inc();
+    /// `kagi_proxy_requests_total`'s series for `route` (empty: no route matched) on
+    /// `listener`, to be resolved once per configuration rather than on every request.
+    pub fn request_counters(&self, listener: &str, route: &str) -> RequestCounters {
+        RequestCounters {
+            family: self.requests.clone(),
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            series: Default::default(),
+        }
     }
 
-    /// Records how long `upstream` took to its response head.
-    pub fn upstream_answered(&self, upstream: &str, seconds: f64) {
-        self.upstream_duration.with_label_values(&[upstream]).observe(seconds);
+    /// The histogram of `upstream`'s time to a response head.
+    pub fn upstream_duration(&self, upstream: &str) -> prometheus::Histogram {
+        self.upstream_duration.with_label_values(&[upstream])
     }
 
     /// Counts an upstream failure of `kind`.
@@ -185,17 +186,60 @@ impl ProxyMetrics {
 }
 
 /// A bounded label for a method.
-fn method_label(method: &http::Method) -> &'static str {
+/// The method labels, `OTHER` last.
+const METHODS: [&str; 10] =
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
+/// The status classes.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(method: &http::Method) -> usize {
     match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "OTHER",
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::PATCH => 4,
+        http::Method::DELETE => 5,
+        http::Method::OPTIONS => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// `kagi_proxy_requests_total`'s series for one listener and route, each looked up in the
+/// family on its first request (a series appears with its first request, as before).
+#[derive(Debug)]
+pub struct RequestCounters {
+    family: IntCounterVec,
+    listener: String,
+    route: String,
+    series: [[OnceLock<IntCounter>; 5]; 10],
+}
+
+impl RequestCounters {
+    /// Counts one request answered with `status`.
+    pub fn count(&self, method: &http::Method, status: u16) {
+        let (method, class) = (method_index(method), class_index(status));
+        self.series[method][class]
+            .get_or_init(|| {
+                self.family.with_label_values(&[
+                    &self.listener,
+                    &self.route,
+                    METHODS[method],
+                    CLASSES[class],
+                ])
+            })
+            .inc();
     }
 }

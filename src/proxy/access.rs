@@ -28,8 +28,8 @@ const MAX_BUFFER: usize = 8 * 1024 * 1024;
 /// One request, as logged.
 #[derive(Debug, Serialize)]
 pub struct Entry {
-    /// When it started, RFC 3339 UTC.
-    pub time: String,
+    /// When it started; written RFC 3339 UTC.
+    pub time: Timestamp,
     /// The listener it came in on.
     pub listener: String,
     /// The route it matched.
@@ -192,7 +192,7 @@ fn text_line(entry: &Entry) -> String {
         }
     }
     let mut out = String::with_capacity(256);
-    field(&mut out, "time", &entry.time);
+    field(&mut out, "time", &entry.time.to_string());
     field(&mut out, "listener", &entry.listener);
     field(&mut out, "route", entry.route.as_deref().unwrap_or("-"));
     field(&mut out, "upstream", entry.upstream.as_deref().unwrap_or("-"));
@@ -215,13 +215,32 @@ fn text_line(entry: &Entry) -> String {
     out
 }
 
-/// Now, RFC 3339 UTC with milliseconds.
-pub(super) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&format).unwrap_or_default()
+/// When a request started: taken per request, formatted (RFC 3339 UTC, milliseconds) only
+/// when a line is written.
+#[derive(Clone, Copy, Debug)]
+pub struct Timestamp(time::OffsetDateTime);
+
+impl Timestamp {
+    /// Now.
+    pub fn now() -> Self {
+        Self(time::OffsetDateTime::now_utc())
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        let text = self.0.format(&format).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +249,7 @@ mod tests {
 
     fn entry() -> Entry {
         Entry {
-            time: "2026-11-29T12:00:00.000Z".into(),
+            time: Timestamp(time::macros::datetime!(2026-11-29 12:00 UTC)),
             listener: "public".into(),
             route: Some("objects".into()),
             upstream: Some("store".into()),
@@ -267,6 +286,7 @@ mod tests {
         assert_eq!(value["status"], 201);
         assert_eq!(value["client"], "127.0.0.1:5000");
         assert!(value["error"].is_null());
-        assert!(now_rfc3339().ends_with('Z'));
+        assert_eq!(value["time"], "2026-11-29T12:00:00.000Z");
+        assert!(Timestamp::now().to_string().ends_with('Z'));
     }
 }

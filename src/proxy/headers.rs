@@ -8,16 +8,18 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// The hop-by-hop fields every proxy removes.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+/// The hop-by-hop fields every proxy removes (names, not strings: each removal would
+/// otherwise parse its name again).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// `X-Forwarded-For`.
@@ -54,36 +56,36 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
         // `Connection: close` names no field worth keeping either.
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHORIZATION);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the client to what earlier proxies said),
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// Sets `X-Forwarded-For` (appending `client`, the client's address, to what earlier proxies
+/// said), `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub(super) fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
 ) {
     let earlier: Vec<&str> =
         headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
     let forwarded_for = if earlier.is_empty() {
-        client.to_string()
+        Some(client.clone())
     } else {
-        format!("{}, {client}", earlier.join(", "))
+        let client = client.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {client}", earlier.join(", "))).ok()
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
-    match host.and_then(|host| HeaderValue::from_str(host).ok()) {
+    match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
         }
@@ -91,6 +93,11 @@ pub(super) fn set_forwarded(
             headers.remove(X_FORWARDED_HOST);
         }
     }
+}
+
+/// A client's address as `X-Forwarded-For` gives it, made once per connection.
+pub(super) fn client_address(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -151,12 +158,13 @@ mod tests {
     #[test]
     fn forwarded_fields_append_to_earlier_proxies() {
         let mut map = headers(&[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-host", "evil")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().unwrap(), true, Some("app.example.com"));
+        let host = HeaderValue::from_static("app.example.com");
+        set_forwarded(&mut map, &client_address("127.0.0.1".parse().unwrap()), true, Some(host));
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["x-forwarded-host"], "app.example.com");
         let mut map = HeaderMap::new();
-        set_forwarded(&mut map, "::1".parse().unwrap(), false, None);
+        set_forwarded(&mut map, &client_address("::1".parse().unwrap()), false, None);
         assert_eq!(map["x-forwarded-for"], "::1");
         assert_eq!(map["x-forwarded-proto"], "http");
         assert!(!map.contains_key("x-forwarded-host"));

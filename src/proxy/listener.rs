@@ -332,15 +332,16 @@ async fn serve_http<I>(
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     limit_http2(&mut builder.http2());
-    let connection = Connection { peer, tls };
+    let connection = Arc::new(Connection::new(peer, tls));
     let listener: Arc<str> = Arc::from(name);
     let requests = Arc::clone(&activity);
     let service = service_fn(move |request: http::Request<Incoming>| {
         let snapshot = Arc::clone(&snapshot);
         let listener = Arc::clone(&listener);
+        let connection = Arc::clone(&connection);
         let in_flight = requests.start();
         async move {
-            let response = super::handle(&snapshot, &listener, request, connection).await;
+            let response = super::handle(&snapshot, &listener, request, &connection).await;
             Ok::<_, Infallible>(response.map(|body| {
                 http_body_util::combinators::UnsyncBoxBody::new(Guarded {
                     inner: body,

@@ -48,6 +48,7 @@ use crate::envelope::EncryptRequest;
 use crate::keystore::Keystore;
 use crate::metrics::ProxyMetrics;
 use crate::metrics::envelope::{BodyCounters, Direction, EnvelopeMetrics, FailureReason};
+use crate::metrics::proxy::RequestCounters;
 use crate::tls::{CertStore, SessionState, SniResolver, TlsError};
 
 /// Any error a body may carry.
@@ -66,6 +67,8 @@ pub struct Snapshot {
     envelope_metrics: EnvelopeMetrics,
     /// What each envelope route resolved when the snapshot was built, by route name.
     envelope_routes: HashMap<String, EnvelopeRoute>,
+    /// The request counters by listener, then route name ("": no route matched).
+    requests: HashMap<String, HashMap<String, RequestCounters>>,
 }
 
 /// What a snapshot resolves once for an envelope route.
@@ -149,9 +152,10 @@ impl Snapshot {
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             let connects = metrics.upstream_connections(&upstream.name);
+            let answered = metrics.upstream_duration(&upstream.name);
             pools.insert(
                 upstream.name.clone(),
-                Arc::new(Pool::new(Arc::clone(upstream), connects)?),
+                Arc::new(Pool::new(Arc::clone(upstream), connects, answered)?),
             );
         }
         // Every envelope route's key must exist; messages name it by ARN.
@@ -184,6 +188,22 @@ impl Snapshot {
         }
         let access_log =
             Arc::new(AccessLog::open(&config.access_log, metrics.access_log_dropped())?);
+        let requests = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let name = &listener.name;
+                let routes = config
+                    .routes
+                    .iter()
+                    .filter(|route| route.listeners.is_empty() || route.listeners.contains(name))
+                    .map(|route| route.name.as_str())
+                    .chain([""])
+                    .map(|route| (route.to_owned(), metrics.request_counters(name, route)))
+                    .collect();
+                (name.clone(), routes)
+            })
+            .collect();
         Ok(Self {
             config: config.clone(),
             listeners,
@@ -193,7 +213,18 @@ impl Snapshot {
             keys: Arc::clone(keys),
             envelope_metrics: envelope_metrics.clone(),
             envelope_routes,
+            requests,
         })
+    }
+
+    /// Counts a request on `listener` answered with `status`; `route` is empty when none
+    /// matched.
+    fn count_request(&self, listener: &str, route: &str, method: &Method, status: u16) {
+        match self.requests.get(listener).and_then(|routes| routes.get(route)) {
+            Some(counters) => counters.count(method, status),
+            // Every listener and route of the configuration has its counters.
+            None => self.metrics.request_counters(listener, route).count(method, status),
+        }
     }
 
     /// A callback counting a body of `route` in `direction` once it ends.
@@ -244,12 +275,21 @@ async fn load_certificate(
 }
 
 /// What the proxy knows of the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
     /// Whether the client spoke TLS.
     pub tls: bool,
+    /// The client's IP address as `X-Forwarded-For` names it, formatted once per connection.
+    client: HeaderValue,
+}
+
+impl Connection {
+    /// A connection from `peer`, over TLS or not.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        Self { peer, tls, client: headers::client_address(peer.ip()) }
+    }
 }
 
 /// Answers one request on `listener` with `snapshot`.
@@ -257,13 +297,13 @@ pub async fn handle(
     snapshot: &Arc<Snapshot>,
     listener: &str,
     mut request: Request<Incoming>,
-    connection: Connection,
+    connection: &Connection,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let host = request_host(&request);
     let path = request.uri().path().to_owned();
     let mut entry = Entry {
-        time: access::now_rfc3339(),
+        time: access::Timestamp::now(),
         listener: listener.to_owned(),
         route: None,
         upstream: None,
@@ -413,8 +453,9 @@ pub async fn handle(
             return finish_error(snapshot, entry, &method, started, status, kind, message);
         }
     };
-    snapshot.metrics.upstream_answered(&route.upstream, sent.elapsed().as_secs_f64());
-    entry.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    let waited = sent.elapsed().as_secs_f64();
+    pool.answered(waited);
+    entry.upstream_ms = Some(waited * 1000.0);
     entry.target = Some(answer.target);
     let mut response = answer.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -453,7 +494,7 @@ pub async fn handle(
             entry.bytes_in = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
             entry.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
             entry.error = error.map(str::to_owned);
-            snapshot_for_log.metrics.request(
+            snapshot_for_log.count_request(
                 &entry.listener,
                 route_label(&entry),
                 &method_for_log,
@@ -697,49 +738,54 @@ fn upstream_request(
     body: ProxyBody,
     route: &RouteConfig,
     upstream: &crate::config::UpstreamConfig,
-    connection: Connection,
+    connection: &Connection,
     host: Option<&str>,
     upgrade: Option<&HeaderValue>,
 ) -> Result<Request<ProxyBody>, String> {
+    // The Host the client sent (its `:authority` in HTTP/2), kept as the value it came as.
     let client_host = parts
         .headers
         .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(ToString::to_string));
+        .filter(|v| v.to_str().is_ok())
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::set_forwarded(
-        &mut parts.headers,
-        connection.peer.ip(),
-        connection.tls,
-        client_host.as_deref().or(host),
-    );
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    // The Host the upstream sees; for the upstream's own address, the pool fills it in.
-    let upstream_host: Option<String> = match &route.host_header {
+    let forwarded_host =
+        client_host.clone().or_else(|| host.and_then(|h| HeaderValue::from_str(h).ok()));
+    headers::set_forwarded(&mut parts.headers, &connection.client, connection.tls, forwarded_host);
+    // The Host the upstream sees; for the target's own address, a placeholder the pool
+    // replaces once it picks a target.
+    let authority = match &route.host_header {
         HostHeader::Client => client_host,
-        HostHeader::Fixed(name) => Some(name.clone()),
+        HostHeader::Fixed(name) => {
+            Some(HeaderValue::from_str(name).map_err(|_| format!("invalid host {name:?}"))?)
+        }
         HostHeader::Upstream => None,
-    };
-    // For the target's own address, a placeholder the pool replaces once it picks a target.
-    let authority = upstream_host.unwrap_or_else(|| upstream::TARGET_HOST.to_owned());
+    }
+    .unwrap_or(HeaderValue::from_static(upstream::TARGET_HOST));
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match upstream.protocol {
         UpstreamProtocol::Http2 if upgrade.is_none() => {
             let scheme = if upstream.tls.is_some() { "https" } else { "http" };
+            let authority = authority.to_str().unwrap_or_default();
             parts.uri = Uri::builder()
                 .scheme(scheme)
-                .authority(authority.as_str())
-                .path_and_query(path_and_query.as_str())
+                .authority(authority)
+                .path_and_query(path_and_query)
                 .build()
                 .map_err(|e| format!("cannot forward to {authority:?}: {e}"))?;
             parts.headers.remove(header::HOST);
             parts.version = Version::HTTP_2;
         }
         _ => {
-            parts.uri = path_and_query.parse().map_err(|e| format!("invalid path: {e}"))?;
-            let value = HeaderValue::from_str(&authority)
-                .map_err(|_| format!("invalid host {authority:?}"))?;
-            parts.headers.insert(header::HOST, value);
+            let mut uri = http::uri::Parts::default();
+            uri.path_and_query = Some(path_and_query);
+            parts.uri = Uri::from_parts(uri).map_err(|e| format!("invalid path: {e}"))?;
+            parts.headers.insert(header::HOST, authority);
             parts.version = Version::HTTP_11;
         }
     }
@@ -806,7 +852,7 @@ fn finish_error(
     if entry.error.is_none() {
         entry.error = Some(message.clone());
     }
-    snapshot.metrics.request(&entry.listener, route_label(&entry), method, entry.status);
+    snapshot.count_request(&entry.listener, route_label(&entry), method, entry.status);
     snapshot.access_log.log(&entry);
     error_response(status, kind, &message)
 }

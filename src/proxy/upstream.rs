@@ -99,6 +99,8 @@ pub struct Pool {
     epoch: Instant,
     /// Connections opened.
     connects: prometheus::IntCounter,
+    /// Times to a response head.
+    answered: prometheus::Histogram,
 }
 
 /// One target of a pool.
@@ -130,6 +132,7 @@ impl Pool {
     pub fn new(
         config: Arc<UpstreamConfig>,
         connects: prometheus::IntCounter,
+        answered: prometheus::Histogram,
     ) -> Result<Self, String> {
         let tls = match &config.tls {
             None => None,
@@ -171,7 +174,13 @@ impl Pool {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             connects,
+            answered,
         })
+    }
+
+    /// Records that a target took `seconds` to a response head.
+    pub fn answered(&self, seconds: f64) {
+        self.answered.observe(seconds);
     }
 
     /// The pool's configuration.
