@@ -41,7 +41,8 @@ pub struct Entry {
     /// The client's address.
     pub client: SocketAddr,
     /// `GET`, `PUT`…
-    pub method: String,
+    #[serde(serialize_with = "method_str")]
+    pub method: http::Method,
     /// The path, without the query.
     pub path: String,
     /// `HTTP/1.1`, `HTTP/2`.
@@ -198,7 +199,7 @@ fn text_line(entry: &Entry) -> String {
     field(&mut out, "upstream", entry.upstream.as_deref().unwrap_or("-"));
     field(&mut out, "target", entry.target.as_deref().unwrap_or("-"));
     field(&mut out, "client", &entry.client.to_string());
-    field(&mut out, "method", &entry.method);
+    field(&mut out, "method", entry.method.as_str());
     field(&mut out, "path", &entry.path);
     field(&mut out, "protocol", entry.protocol);
     field(&mut out, "status", &entry.status.to_string());
@@ -213,6 +214,13 @@ fn text_line(entry: &Entry) -> String {
     }
     out.push('\n');
     out
+}
+
+fn method_str<S: serde::Serializer>(
+    method: &http::Method,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(method.as_str())
 }
 
 /// When a request started: taken per request, formatted (RFC 3339 UTC, milliseconds) only
@@ -255,7 +263,7 @@ mod tests {
             upstream: Some("store".into()),
             target: Some("127.0.0.1:9000".into()),
             client: "127.0.0.1:5000".parse().unwrap(),
-            method: "PUT".into(),
+            method: http::Method::PUT,
             path: "/objects/a b".into(),
             protocol: "HTTP/2",
             status: 201,

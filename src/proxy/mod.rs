@@ -301,7 +301,6 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let host = request_host(&request);
-    let path = request.uri().path().to_owned();
     let mut entry = Entry {
         time: access::Timestamp::now(),
         listener: listener.to_owned(),
@@ -309,8 +308,8 @@ pub async fn handle(
         upstream: None,
         target: None,
         client: connection.peer,
-        method: request.method().to_string(),
-        path: path.clone(),
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
         protocol: protocol_name(request.version()),
         status: 0,
         bytes_in: 0,
@@ -320,9 +319,10 @@ pub async fn handle(
         error: None,
     };
     let method = request.method().clone();
-    let Some(route) = snapshot.route(listener, host.as_deref().unwrap_or(""), &path).cloned()
+    let Some(route) = snapshot.route(listener, host.as_deref().unwrap_or(""), &entry.path).cloned()
     else {
-        let message = format!("no route for host {:?} and path {path:?}", host.unwrap_or_default());
+        let message =
+            format!("no route for host {:?} and path {:?}", host.unwrap_or_default(), entry.path);
         return finish_error(
             snapshot,
             entry,

@@ -401,15 +401,16 @@ impl Pool {
 }
 
 impl Target {
-    /// The most recently used idle connection not known to be closed, if any.
+    /// The most recently used idle connection that is ready for a request, else the most
+    /// recently used one not known to be closed (its connection may still be finishing the
+    /// last response: the caller waits on `ready()`), if any.
     fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some(sender) = idle.pop_back() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
+        idle.retain(|sender| !sender.is_closed());
+        match idle.iter().rposition(http1::SendRequest::is_ready) {
+            Some(ready) => idle.remove(ready),
+            None => idle.pop_back(),
         }
-        None
     }
 
     /// Keeps `sender` for the next request. Its connection may still be finishing the response
