@@ -158,7 +158,24 @@ impl Header {
             return Err(Error::InvalidDataKey("a message carries 1 to 16 encrypted data keys"));
         }
         let context = encode_context(context)?;
-        let mut out = Vec::with_capacity(128 + context.len());
+        let keys_len: usize = data_keys
+            .iter()
+            .map(|k| 6 + k.provider_id.len() + k.provider_info.len() + k.ciphertext.len())
+            .sum();
+        // Version, suite, id, the context and its length, the key count, the keys, content
+        // type, frame length, commitment key; and the tag the caller appends.
+        let mut out = Vec::with_capacity(
+            1 + 2
+                + message_id.len()
+                + 2
+                + context.len()
+                + 2
+                + keys_len
+                + 1
+                + 4
+                + commit_key.len()
+                + TAG_LEN,
+        );
         out.push(MESSAGE_VERSION);
         out.extend_from_slice(&suite.id().to_be_bytes());
         out.extend_from_slice(message_id);

@@ -469,6 +469,10 @@ impl Transform for Decryptor {
     }
 }
 
+/// What a transformed chunk may grow by: an encrypted message's header (with its one data
+/// key) and the frame overheads of one chunk fit in it.
+const OUTPUT_SLACK: usize = 1024;
+
 /// A body passed through a [`Transform`] frame by frame. A failure ends it with an error
 /// (which aborts a response, and fails a request before the upstream sees its end); the end
 /// reports the plaintext bytes (`plaintext_in`: counted on the input side, else the output).
@@ -564,6 +568,9 @@ impl<T: Transform> Body for Transformed<T> {
                         self.bytes += data.len() as u64;
                     }
                     let Some(transform) = self.transform.as_mut() else { continue };
+                    // Room for the output at once: the chunk, and a header and frame
+                    // overheads when encrypting (decrypting gives back less than it takes).
+                    out.reserve(data.len() + OUTPUT_SLACK);
                     if let Err(error) = transform.update(&data, &mut out) {
                         return self.failed(error);
                     }

@@ -51,6 +51,11 @@ use crate::metrics::envelope::{BodyCounters, Direction, EnvelopeMetrics, Failure
 use crate::metrics::proxy::RequestCounters;
 use crate::tls::{CertStore, SessionState, SniResolver, TlsError};
 
+/// `Content-MD5`: a digest of the body.
+const CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("content-md5");
+/// `Digest` (RFC 3230): a digest of the body.
+const DIGEST: header::HeaderName = header::HeaderName::from_static("digest");
+
 /// Any error a body may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -555,8 +560,8 @@ async fn prepare_envelope(
             body = full_body(document);
         }
         // The upstream's digests would be of plaintext it never sees.
-        parts.headers.remove("content-md5");
-        parts.headers.remove("digest");
+        parts.headers.remove(CONTENT_MD5);
+        parts.headers.remove(DIGEST);
     }
     if !config.decrypt_responses {
         return Ok((body, None));
@@ -641,11 +646,7 @@ async fn open_envelope(
         envelope::Opened::Streaming(body, length) => (body, length),
     };
 
-    for name in [
-        header::ETAG,
-        header::HeaderName::from_static("content-md5"),
-        header::HeaderName::from_static("digest"),
-    ] {
+    for name in [header::ETAG, CONTENT_MD5, DIGEST] {
         parts.headers.remove(name);
     }
     parts.headers.remove(header::ACCEPT_RANGES);
