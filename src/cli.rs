@@ -15,6 +15,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+/// `println!` for command output. A stdout closed by its reader (`kagi audit show | head`)
+/// ends the command quietly, as SIGPIPE ends a Unix tool (Rust ignores the signal, so the
+/// write fails instead); any other failure to write is reported and the command fails. Never a
+/// panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
 mod backup;
 mod certs;
 mod check;
@@ -681,7 +691,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
                 None => RootKeySource::File,
             };
             Keystore::init(backend, &args.data_dir, &root_source).map_err(keystore_error)?;
-            println!("initialised a keystore in {}", args.data_dir.display());
+            outln!("initialised a keystore in {}", args.data_dir.display());
             return Ok(());
         }
         Command::Unseal => return shares::unseal(&args.data_dir, &args.share_files).await,
@@ -800,7 +810,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
                 )
                 .await
                 .map_err(keystore_error)?;
-            println!("signature valid");
+            outln!("signature valid");
             Ok(())
         }
         Command::Mac(a) => {
@@ -814,7 +824,7 @@ async fn dispatch(args: Args) -> Result<(), Error> {
                         .verify_mac(&ctx, &a.key, &message, algorithm, &mac)
                         .await
                         .map_err(keystore_error)?;
-                    println!("mac valid");
+                    outln!("mac valid");
                     Ok(())
                 }
                 None => {
@@ -1091,7 +1101,7 @@ async fn aliases(
                 Output::Json => out.document(&json!({ "Aliases": rows })),
                 Output::Table => {
                     for alias in &items {
-                        println!("{:<40} {}", alias.name, alias.target_key_id);
+                        outln!("{:<40} {}", alias.name, alias.target_key_id);
                     }
                 }
             }
@@ -1135,7 +1145,7 @@ async fn tour_in(
     backend: &'static dyn crate::crypto::CryptoBackend,
     dir: &Path,
 ) -> Result<(), Error> {
-    println!("kagi tour: a keystore in {} on the {} backend", dir.display(), backend.kind());
+    outln!("kagi tour: a keystore in {} on the {} backend", dir.display(), backend.kind());
     Keystore::init(backend, dir, &RootKeySource::File).map_err(keystore_error)?;
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let audit = Arc::new(
@@ -1154,13 +1164,13 @@ async fn tour_in(
     .map_err(keystore_error)?;
     let ctx =
         OpContext { principal: "demo".into(), source: "cli".into(), request_id: "demo".into() };
-    let step = |what: &str| println!("\n== {what}");
+    let step = |what: &str| outln!("\n== {what}");
 
     step("CreateKey SYMMETRIC_DEFAULT, alias/demo");
     let key =
         keystore.create_key(&ctx, CreateKeyRequest::default()).await.map_err(keystore_error)?;
     keystore.create_alias(&ctx, "alias/demo", &key.record.id).await.map_err(keystore_error)?;
-    println!("{}  state={}", key.arn, key.record.state);
+    outln!("{}  state={}", key.arn, key.record.state);
 
     step("Encrypt \"hello, kagi\" with context tenant=acme");
     let mut context = EncryptionContext::new();
@@ -1176,20 +1186,20 @@ async fn tour_in(
         .await
         .map_err(keystore_error)?
         .ciphertext_blob;
-    println!("ciphertext blob: {} bytes, {}…", blob.len(), &BASE64.encode(&blob)[..24]);
+    outln!("ciphertext blob: {} bytes, {}…", blob.len(), &BASE64.encode(&blob)[..24]);
     let plaintext = keystore
         .decrypt(&ctx, &blob, &context, None, None)
         .await
         .map_err(keystore_error)?
         .plaintext;
-    println!(
+    outln!(
         "Decrypt with the same context: {:?}",
         String::from_utf8_lossy(plaintext.expose_secret())
     );
     let mut wrong = EncryptionContext::new();
     wrong.insert("tenant".into(), "globex".into());
     let refused = keystore.decrypt(&ctx, &blob, &wrong, None, None).await;
-    println!(
+    outln!(
         "Decrypt with tenant=globex: {}",
         refused.err().map_or("unexpectedly succeeded".into(), |e| e.to_string())
     );
@@ -1198,7 +1208,7 @@ async fn tour_in(
     keystore.rotate_key_on_demand(&ctx, &key.record.id).await.map_err(keystore_error)?;
     let again =
         keystore.decrypt(&ctx, &blob, &context, None, None).await.map_err(keystore_error)?;
-    println!(
+    outln!(
         "old ciphertext still decrypts after rotation (material {})",
         again.key_material_id.unwrap_or_default()
     );
@@ -1208,7 +1218,7 @@ async fn tour_in(
         .generate_data_key(&ctx, "alias/demo", DataKeySize::Aes256, &context, true)
         .await
         .map_err(keystore_error)?;
-    println!(
+    outln!(
         "data key: {} plaintext bytes, {} ciphertext bytes",
         data_key.plaintext.map_or(0, |p| p.len()),
         data_key.ciphertext_blob.len()
@@ -1243,7 +1253,7 @@ async fn tour_in(
         )
         .await
         .map_err(keystore_error)?;
-    println!("ECDSA signature of {} bytes verifies", signature.len());
+    outln!("ECDSA signature of {} bytes verifies", signature.len());
 
     step("CreateKey HMAC_256, GenerateMac");
     let hmac = keystore
@@ -1257,29 +1267,29 @@ async fn tour_in(
         .generate_mac(&ctx, &hmac.record.id, b"message", MacAlgorithm::HmacSha256)
         .await
         .map_err(keystore_error)?;
-    println!("HMAC-SHA-256: {}", hex::encode(&mac));
+    outln!("HMAC-SHA-256: {}", hex::encode(&mac));
 
     step("DisableKey, then Encrypt is refused");
     keystore.disable_key(&ctx, &key.record.id).await.map_err(keystore_error)?;
     let refused = keystore
         .encrypt(&ctx, "alias/demo", b"x", &context, EncryptionAlgorithm::SymmetricDefault)
         .await;
-    println!("{}", refused.err().map_or("unexpectedly succeeded".into(), |e| e.to_string()));
+    outln!("{}", refused.err().map_or("unexpectedly succeeded".into(), |e| e.to_string()));
 
     step("ScheduleKeyDeletion (7 days), move time 8 days on, sweep");
     keystore.schedule_key_deletion(&ctx, &key.record.id, Some(7)).await.map_err(keystore_error)?;
     clock.advance(8 * 86_400);
     let report = keystore.sweep(&ctx).await.map_err(keystore_error)?;
-    println!("deleted: {:?}", report.deleted);
+    outln!("deleted: {:?}", report.deleted);
     let gone = keystore.describe_key(&ctx, &key.record.id).await;
-    println!(
+    outln!(
         "DescribeKey now: {}",
         gone.err().map_or("unexpectedly succeeded".into(), |e| e.to_string())
     );
 
     step("The audit trail: one hash-chained line per operation");
     let verified = crate::audit::verify::verify(&trail_dir).map_err(audit_error)?;
-    println!(
+    outln!(
         "{}: {} lines verified, chain head {}",
         trail_dir.display(),
         verified.records,
@@ -1287,7 +1297,7 @@ async fn tour_in(
     );
     let records = crate::audit::verify::read_records(&trail_dir).map_err(audit_error)?;
     if let Some(last) = records.last() {
-        println!("the last: {}", serde_json::to_string(last).unwrap_or_default());
+        outln!("the last: {}", serde_json::to_string(last).unwrap_or_default());
     }
     Ok(())
 }
@@ -1523,7 +1533,7 @@ fn audit_command(data_dir: &Path, output: Output, command: AuditCommand) -> Resu
                     "Notes": verified.notes,
                 })),
                 Output::Table => {
-                    println!(
+                    outln!(
                         "verified {} records in {} files: chain head record {} {} ({})",
                         verified.records,
                         verified.files,
@@ -1532,7 +1542,7 @@ fn audit_command(data_dir: &Path, output: Output, command: AuditCommand) -> Resu
                         verified.head.file
                     );
                     for note in &verified.notes {
-                        println!("note: {note}");
+                        outln!("note: {note}");
                     }
                 }
             }
@@ -1557,9 +1567,12 @@ fn audit_command(data_dir: &Path, output: Output, command: AuditCommand) -> Resu
                     out.document(&json!({ "Records": rows }));
                 }
                 Output::Table => {
-                    println!(
+                    outln!(
                         "{:<20}  {:<24}  {:<7}  {:<20}  KEY",
-                        "TIME", "OPERATION", "OUTCOME", "PRINCIPAL"
+                        "TIME",
+                        "OPERATION",
+                        "OUTCOME",
+                        "PRINCIPAL"
                     );
                     for record in matching {
                         let outcome = match (&record.error_code, record.outcome) {
@@ -1567,7 +1580,7 @@ fn audit_command(data_dir: &Path, output: Output, command: AuditCommand) -> Resu
                             (None, crate::audit::Outcome::Success) => "success",
                             (None, crate::audit::Outcome::Failure) => "failure",
                         };
-                        println!(
+                        outln!(
                             "{:<20}  {:<24}  {:<7}  {:<20}  {}",
                             chain::format_utc(record.time),
                             record.operation,
@@ -1702,6 +1715,20 @@ fn write_output(io: &Io, bytes: &[u8], binary: bool) -> Result<(), Error> {
     }
 }
 
+/// Writes one line of command output to stdout (see `outln!`).
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(line).and_then(|()| stdout.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("kagi: cannot write to stdout: {error}");
+            std::process::exit(i32::from(exit_code::FAILURE));
+        }
+    }
+}
+
 struct Printer {
     output: Output,
 }
@@ -1709,7 +1736,7 @@ struct Printer {
 impl Printer {
     fn document(&self, document: &Value) {
         match self.output {
-            Output::Json => println!("{document}"),
+            Output::Json => outln!("{document}"),
             Output::Table => {
                 if let Value::Object(map) = document {
                     for (key, value) in map {
@@ -1717,7 +1744,7 @@ impl Printer {
                             Value::String(s) => s.clone(),
                             other => other.to_string(),
                         };
-                        println!("{key:<22} {shown}");
+                        outln!("{key:<22} {shown}");
                     }
                 }
             }
@@ -1726,8 +1753,8 @@ impl Printer {
 
     fn done(&self, message: &str) {
         match self.output {
-            Output::Json => println!("{}", json!({ "Result": message })),
-            Output::Table => println!("{message}"),
+            Output::Json => outln!("{}", json!({ "Result": message })),
+            Output::Table => outln!("{message}"),
         }
     }
 
@@ -1739,17 +1766,20 @@ impl Printer {
         match self.output {
             Output::Json => {
                 let rows: Vec<Value> = keys.iter().map(metadata_json).collect();
-                println!("{}", json!({ "Keys": rows }));
+                outln!("{}", json!({ "Keys": rows }));
             }
             Output::Table => {
-                println!(
+                outln!(
                     "{:<36}  {:<17}  {:<19}  {:<15}  ALIASES",
-                    "KEY ID", "SPEC", "USAGE", "STATE"
+                    "KEY ID",
+                    "SPEC",
+                    "USAGE",
+                    "STATE"
                 );
                 for key in keys {
                     let r = &key.record;
                     let names = aliases.get(&r.id).map(|n| n.join(",")).unwrap_or_default();
-                    println!(
+                    outln!(
                         "{:<36}  {:<17}  {:<19}  {:<15}  {names}",
                         r.id,
                         r.spec.kms_name(),

@@ -222,7 +222,7 @@ async fn take(site: &Site, output: Output, out: &Path) -> Result<(), Error> {
     if to_stdout {
         eprintln!("{summary}");
     } else {
-        println!("{summary}");
+        outln!("{summary}");
     }
     Ok(())
 }
@@ -238,7 +238,7 @@ fn run_verify(site: &Site, output: Output, verify: &VerifyArgs) -> Result<(), Er
     };
     let header = &checked.header;
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({
                 "File": verify.file,
@@ -254,7 +254,7 @@ fn run_verify(site: &Site, output: Output, verify: &VerifyArgs) -> Result<(), Er
             })
         ),
         Output::Table => {
-            println!(
+            outln!(
                 "{}: checksum and records consistent: {}, taken at {} by kagi {}",
                 verify.file.display(),
                 counts_text(&header.counts),
@@ -262,7 +262,7 @@ fn run_verify(site: &Site, output: Output, verify: &VerifyArgs) -> Result<(), Er
                 header.kagi_version
             );
             match sealed {
-                Some(sealed) => println!(
+                Some(sealed) => outln!(
                     "the root key of {} is the backup's and opens all {} versions with material \
                      ({} destroyed) and {} import tokens",
                     site.data_dir.display(),
@@ -270,7 +270,7 @@ fn run_verify(site: &Site, output: Output, verify: &VerifyArgs) -> Result<(), Er
                     sealed.destroyed,
                     sealed.import_tokens
                 ),
-                None => println!(
+                None => outln!(
                     "sealed material not checked: no root key given (--data-dir or --config of a \
                      keystore with the same root key checks it)"
                 ),
@@ -351,7 +351,7 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
         );
     }
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({
                 "DataDir": data_dir,
@@ -369,8 +369,8 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
             })
         ),
         Output::Table => {
-            println!("restored {} into {}", counts_text(&counts), data_dir.display());
-            println!(
+            outln!("restored {} into {}", counts_text(&counts), data_dir.display());
+            outln!(
                 "checked: every record equal to the backup's, {} versions open under the root \
                  key; {} keys encrypt/decrypt, {} sign/verify, {} MAC, {} key agreement across \
                  backup and restore; {} keys not Enabled checked by record",
@@ -382,10 +382,11 @@ async fn restore_into(site: &Site, output: Output, file: &Path) -> Result<(), Er
                 proof.records_only
             );
             if let Some(head) = &header.audit_head {
-                println!(
+                outln!(
                     "the source's audit chain ended at record {} {} when the backup was taken; \
                      this node's trail starts anew (keep the old trail)",
-                    head.seq, head.hash
+                    head.seq,
+                    head.hash
                 );
             }
         }
@@ -546,7 +547,7 @@ async fn migrate_to(site: &Site, output: Output, config: &Path) -> Result<(), Er
     )
     .map_err(|e| storage(format!("cannot mark {} as migrated: {e}", site.data_dir.display())))?;
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({
                 "Database": database,
@@ -562,8 +563,8 @@ async fn migrate_to(site: &Site, output: Output, config: &Path) -> Result<(), Er
             })
         ),
         Output::Table => {
-            println!("migrated {} to {database}", counts_text(&proof.counts));
-            println!(
+            outln!("migrated {} to {database}", counts_text(&proof.counts));
+            outln!(
                 "proved: {} versions unsealed; across the two stores {} keys encrypted and \
                  decrypted, {} signed and verified, {} MACs verified, {} shared secrets equal",
                 proof.unsealed,
@@ -572,7 +573,7 @@ async fn migrate_to(site: &Site, output: Output, config: &Path) -> Result<(), Er
                 proof.mac,
                 proof.key_agreement
             );
-            println!(
+            outln!(
                 "{} keeps the old keystore.db, no longer used: start `kagi serve --config {}`",
                 site.data_dir.display(),
                 config.display()

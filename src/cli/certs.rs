@@ -184,13 +184,18 @@ fn list(store: &CertStore, now: i64, out: &Printer) -> Result<(), Error> {
             out.document(&json!({ "Certificates": rows }));
         }
         Output::Table => {
-            println!(
+            outln!(
                 "{:<20}  {:<8}  {:<36}  {:<28}  {:<20}  {:>9}  KEY",
-                "NAME", "KIND", "NAMES", "ISSUER", "NOT AFTER", "DAYS LEFT"
+                "NAME",
+                "KIND",
+                "NAMES",
+                "ISSUER",
+                "NOT AFTER",
+                "DAYS LEFT"
             );
             for cert in &certs {
                 let m = &cert.meta;
-                println!(
+                outln!(
                     "{:<20}  {:<8}  {:<36}  {:<28}  {:<20}  {:>9}  {}",
                     m.name,
                     kind_name(m.kind),

@@ -88,7 +88,7 @@ pub(super) fn run(args: &super::Args, check: &CheckConfigArgs) -> Result<(), Err
             }
         }
     };
-    println!(
+    outln!(
         "{file}: ok (api {}, admin {}, {} principal(s), {} listener(s), {} route(s), data \
          directory {}; certificate and envelope keys {keys})",
         config.api.listen,

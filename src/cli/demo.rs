@@ -173,7 +173,7 @@ fn print_guide(dir: &Path, demo: &DemoArgs) {
         format!("https://{}", demo.listen)
     };
     let ca = ca.display();
-    println!(
+    outln!(
         r#"kagi demo: keystore, certificates, configuration and logs in {dir}
 
 The proxy ({proxy}) terminates TLS with a certificate whose P-256 key is in kagi's keystore

@@ -363,7 +363,7 @@ pub(super) async fn run(info: &ServerInfo, out: &Printer, command: Command) -> R
                 json!({"KeyId": a.key, "Message": BASE64.encode(&message), "Signature": BASE64.encode(&signature), "SigningAlgorithm": a.algorithm, "MessageType": if a.digest { "DIGEST" } else { "RAW" }}),
             )
             .await?;
-            println!("signature valid");
+            outln!("signature valid");
             return Ok(());
         }
         Command::Mac(a) => {
@@ -373,7 +373,7 @@ pub(super) async fn run(info: &ServerInfo, out: &Printer, command: Command) -> R
                 Some(path) => {
                     input["Mac"] = json!(BASE64.encode(read_file_maybe_base64(path, a.io.base64)?));
                     call("VerifyMac", input).await?;
-                    println!("mac valid");
+                    outln!("mac valid");
                     Ok(())
                 }
                 None => {

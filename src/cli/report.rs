@@ -106,7 +106,7 @@ pub(super) async fn run(
             let ids = |flag: &str| -> Vec<&str> {
                 rows.iter().filter(|r| r.flags.contains(&flag)).map(|r| r.key_id.as_str()).collect()
             };
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "GeneratedAt": chain::format_utc(now),
@@ -117,7 +117,7 @@ pub(super) async fn run(
                 })
             );
         }
-        Output::Table => print!("{}", table(&rows, args.unused_days)),
+        Output::Table => outln!("{}", table(&rows, args.unused_days).trim_end_matches('\n')),
     }
     if let Some(path) = &args.html {
         std::fs::write(path, html(&rows, now, args.unused_days))

@@ -145,15 +145,15 @@ pub(super) fn hand_out(
         }
         return stdout.flush();
     };
-    println!("{summary}");
+    outln!("{summary}");
     for share in split {
         let path = dir.join(format!("share-{}.txt", share.index()));
         let mut text = share.to_text();
         text.push('\n');
         write_private(&path, text.as_bytes())?;
-        println!("share {} written to {}", share.index(), path.display());
+        outln!("share {} written to {}", share.index(), path.display());
     }
-    println!(
+    outln!(
         "these files are the only copies of the shares: give each to a different person, then \
          delete them here"
     );
@@ -210,11 +210,11 @@ pub(super) async fn unseal(data_dir: &Path, share_files: &[PathBuf]) -> Result<(
     })?;
     match reply {
         Reply::Need { have, threshold } => {
-            println!("share accepted: {have} of {threshold} shares, waiting for more");
+            outln!("share accepted: {have} of {threshold} shares, waiting for more");
             Ok(())
         }
         Reply::Unsealed => {
-            println!("unsealed");
+            outln!("unsealed");
             Ok(())
         }
         Reply::Refused { message, reset: false } => {

@@ -110,3 +110,29 @@ fn show_filters_by_key_principal_operation_and_time() {
     assert!(table.contains("2027-01-15T09:00:00Z") && table.contains(&second), "{table}");
     kagi.fails(&["audit", "show", "--since", "yesterday"], 6);
 }
+
+/// `kagi audit show | head`: a reader that closes the pipe early ends the command quietly
+/// (exit 0, nothing on stderr), as it ends a Unix tool, rather than with a panic.
+#[test]
+fn show_into_a_closed_pipe_ends_quietly() {
+    let kagi = Kagi::new();
+    kagi.create_key(&[]);
+    for output in ["table", "json"] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kagi"))
+            .arg("--data-dir")
+            .arg(kagi.data_dir())
+            .args(["--output", output, "audit", "show"])
+            .env("KAGI_FAKE_NOW", kagi.now.to_string())
+            .env_remove("KAGI_DATA_DIR")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kagi");
+        let done = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(0), "--output {output}: {stderr}");
+        assert!(stderr.is_empty(), "--output {output}: {stderr}");
+    }
+}
