@@ -206,6 +206,9 @@ impl Trail<'_> {
             };
             drop(sink.record(&correction));
         }
-        Err(Error::internal(format!("the operation could not be audited: {why}")))
+        // The cause names the trail's files (a full disk, say): the operator's business, in
+        // the log; the caller learns only that the operation was not audited.
+        tracing::error!(target: "kagi::audit", operation = %self.operation, reason = %why, "an operation could not be audited and was refused");
+        Err(Error::internal("the operation could not be audited (the server's log has the cause)"))
     }
 }

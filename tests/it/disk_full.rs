@@ -66,13 +66,25 @@ fn is_root() -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-/// A call on the full disk: a success, or a KMS error with a message; never a transport
-/// failure (which would mean the server died or dropped the connection).
-async fn call_on_full_disk(client: &mut Client, operation: &str, input: Value) -> bool {
+/// A call on the full disk: a success, or a KMS error with a message that does not name the
+/// server's files (under `private`); never a transport failure (which would mean the server
+/// died or dropped the connection).
+async fn call_on_full_disk(
+    client: &mut Client,
+    operation: &str,
+    input: Value,
+    private: &Path,
+) -> bool {
     match client.call(operation, &input).await {
         Ok(_) => true,
         Err(CallError::Api(error)) => {
             assert!(!error.message.is_empty(), "{operation}: an error with no message");
+            let private = private.to_string_lossy();
+            assert!(
+                !error.message.contains(private.as_ref()),
+                "{operation}: the error names the server's files: {}",
+                error.message
+            );
             assert!(
                 error.status == 500 && error.code_name == "KMSInternalException"
                     || (400..500).contains(&error.status),
@@ -136,7 +148,7 @@ async fn a_full_disk_fails_operations_cleanly_and_service_resumes() {
             ("Decrypt", json!({"CiphertextBlob": blobs[0].0})),
         ];
         for (operation, input) in calls {
-            if !call_on_full_disk(&mut client, operation, input).await {
+            if !call_on_full_disk(&mut client, operation, input, fs.path()).await {
                 failures += 1;
             }
         }
