@@ -206,8 +206,12 @@ impl Trail<'_> {
             };
             drop(sink.record(&correction));
         }
-        // The cause names the trail's files (a full disk, say): the operator's business, in
-        // the log; the caller learns only that the operation was not audited.
+        // The cause names the trail's files (a full disk, say): the operator's business. The
+        // command line is the operator, and is told; a client over the network learns only
+        // that the operation was not audited, and the server's log has the cause.
+        if self.ctx.source == "cli" {
+            return Err(Error::internal(format!("the operation could not be audited: {why}")));
+        }
         tracing::error!(target: "kagi::audit", operation = %self.operation, reason = %why, "an operation could not be audited and was refused");
         Err(Error::internal("the operation could not be audited (the server's log has the cause)"))
     }
