@@ -1162,8 +1162,11 @@ async fn tour_in(
         Partition::default(),
     )
     .map_err(keystore_error)?;
-    let ctx =
-        OpContext { principal: "demo".into(), source: "cli".into(), request_id: "demo".into() };
+    let ctx = OpContext {
+        principal: "demo".into(),
+        source: OpContext::CLI.into(),
+        request_id: "demo".into(),
+    };
     let step = |what: &str| outln!("\n== {what}");
 
     step("CreateKey SYMMETRIC_DEFAULT, alias/demo");
@@ -1610,7 +1613,7 @@ fn cli_context(keystore: &Keystore) -> Result<OpContext, Error> {
     let principal = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     Ok(OpContext {
         principal: format!("cli:{principal}"),
-        source: "cli".into(),
+        source: OpContext::CLI.into(),
         request_id: keystore.new_uuid().map_err(keystore_error)?,
     })
 }

@@ -401,7 +401,7 @@ fn context(backend: &dyn CryptoBackend) -> Result<OpContext, Error> {
     backend.fill_random(&mut id)?;
     Ok(OpContext {
         principal: format!("cli:{principal}"),
-        source: "cli".into(),
+        source: OpContext::CLI.into(),
         request_id: uuid::Builder::from_random_bytes(id).into_uuid().to_string(),
     })
 }

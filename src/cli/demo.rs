@@ -93,7 +93,7 @@ async fn certificates(
     let keystore = open(backend, data_dir, &RootKeySource::File)?;
     let ctx = OpContext {
         principal: "kagi-demo".into(),
-        source: "cli".into(),
+        source: OpContext::CLI.into(),
         request_id: keystore.new_uuid().map_err(keystore_error)?,
     };
     let issuer = CertIssuer::new(&keystore, &ctx, &store);

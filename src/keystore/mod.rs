@@ -95,10 +95,15 @@ const DAY: i64 = 86_400;
 pub struct OpContext {
     /// The principal's name.
     pub principal: String,
-    /// Where the call came from (an address, or `cli`).
+    /// Where the call came from (an address, or [`OpContext::CLI`]).
     pub source: String,
     /// A unique id for the request.
     pub request_id: String,
+}
+
+impl OpContext {
+    /// The source of a call made by the command line on this machine (the operator).
+    pub const CLI: &'static str = "cli";
 }
 
 /// Where the keystore's ARNs live.

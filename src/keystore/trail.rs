@@ -209,7 +209,7 @@ impl Trail<'_> {
         // The cause names the trail's files (a full disk, say): the operator's business. The
         // command line is the operator, and is told; a client over the network learns only
         // that the operation was not audited, and the server's log has the cause.
-        if self.ctx.source == "cli" {
+        if self.ctx.source == OpContext::CLI {
             return Err(Error::internal(format!("the operation could not be audited: {why}")));
         }
         tracing::error!(target: "kagi::audit", operation = %self.operation, reason = %why, "an operation could not be audited and was refused");

@@ -323,20 +323,11 @@ pub async fn handle(
         upstream_ms: None,
         error: None,
     };
-    let method = request.method().clone();
     let Some(route) = snapshot.route(listener, host.as_deref().unwrap_or(""), &entry.path).cloned()
     else {
         let message =
             format!("no route for host {:?} and path {:?}", host.unwrap_or_default(), entry.path);
-        return finish_error(
-            snapshot,
-            entry,
-            &method,
-            started,
-            StatusCode::NOT_FOUND,
-            "no_route",
-            message,
-        );
+        return finish_error(snapshot, entry, started, StatusCode::NOT_FOUND, "no_route", message);
     };
     entry.route = Some(route.name.clone());
     entry.upstream = Some(route.upstream.clone());
@@ -346,7 +337,6 @@ pub async fn handle(
         return finish_error(
             snapshot,
             entry,
-            &method,
             started,
             StatusCode::BAD_GATEWAY,
             "no_upstream",
@@ -365,7 +355,6 @@ pub async fn handle(
         return finish_error(
             snapshot,
             entry,
-            &method,
             started,
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -391,7 +380,7 @@ pub async fn handle(
                 decrypting = plan;
             }
             Err((refusal, reason)) => {
-                return refuse_envelope(snapshot, &route, entry, &method, started, refusal, reason);
+                return refuse_envelope(snapshot, &route, entry, started, refusal, reason);
             }
         }
     }
@@ -409,7 +398,6 @@ pub async fn handle(
             return finish_error(
                 snapshot,
                 entry,
-                &method,
                 started,
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -455,7 +443,7 @@ pub async fn handle(
                 _ => "the upstream could not be reached".to_owned(),
             };
             entry.error = Some(error.to_string());
-            return finish_error(snapshot, entry, &method, started, status, kind, message);
+            return finish_error(snapshot, entry, started, status, kind, message);
         }
     };
     let waited = sent.elapsed().as_secs_f64();
@@ -484,14 +472,13 @@ pub async fn handle(
                     reason = reason.map_or("-", FailureReason::label),
                     "an encrypted response was not released"
                 );
-                return refuse_envelope(snapshot, &route, entry, &method, started, refusal, reason);
+                return refuse_envelope(snapshot, &route, entry, started, refusal, reason);
             }
         }
     }
     let status = response.status();
     *response.version_mut() = Version::HTTP_11;
     let snapshot_for_log = Arc::clone(snapshot);
-    let method_for_log = method.clone();
     response.map(move |inner| {
         UnsyncBoxBody::new(body::Observed::new(inner, move |bytes_out, error: Option<&str>| {
             entry.status = status.as_u16();
@@ -502,7 +489,7 @@ pub async fn handle(
             snapshot_for_log.count_request(
                 &entry.listener,
                 route_label(&entry),
-                &method_for_log,
+                &entry.method,
                 entry.status,
             );
             snapshot_for_log.access_log.log(&entry);
@@ -700,7 +687,6 @@ fn refuse_envelope(
     snapshot: &Snapshot,
     route: &RouteConfig,
     mut entry: Entry,
-    method: &Method,
     started: Instant,
     refusal: envelope::Refusal,
     reason: Option<FailureReason>,
@@ -710,7 +696,7 @@ fn refuse_envelope(
     }
     let label = reason.map_or("-", FailureReason::label);
     entry.error = Some(format!("{label}: {}", refusal.message));
-    finish_error(snapshot, entry, method, started, refusal.status, refusal.kind, refusal.message)
+    finish_error(snapshot, entry, started, refusal.status, refusal.kind, refusal.message)
 }
 
 /// Sets Content-Length, or removes it when the length is not known (chunked).
@@ -842,7 +828,6 @@ fn protocol_name(version: Version) -> &'static str {
 fn finish_error(
     snapshot: &Snapshot,
     mut entry: Entry,
-    method: &Method,
     started: Instant,
     status: StatusCode,
     kind: &str,
@@ -853,7 +838,7 @@ fn finish_error(
     if entry.error.is_none() {
         entry.error = Some(message.clone());
     }
-    snapshot.count_request(&entry.listener, route_label(&entry), method, entry.status);
+    snapshot.count_request(&entry.listener, route_label(&entry), &entry.method, entry.status);
     snapshot.access_log.log(&entry);
     error_response(status, kind, &message)
 }
