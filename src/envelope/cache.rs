@@ -97,16 +97,17 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use aws_lc_rs::digest;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::EncryptionContext;
-use super::format::PUBLIC_KEY_CONTEXT_KEY;
+use super::format::{HeaderTemplate, PUBLIC_KEY_CONTEXT_KEY};
 use super::keys::{DataKey, KeyFuture, KeyService, KeyServiceError, is_key_arn};
+use super::stream::{EncryptOptions, Encryptor, PreparedEncryption};
+use super::{EncryptionContext, Error};
 use crate::audit::{AuditEvent, Outcome};
 use crate::crypto::AesKey;
 use crate::keystore::ErrorKind;
@@ -180,7 +181,7 @@ pub struct DataKeyUsage {
 
 /// A GenerateDataKey request made again and again (a proxy route whose encryption context
 /// does not depend on the request), with the name of its cache entry computed once. Use it
-/// with [`CachingKeys::generate_data_key_for`].
+/// with [`CachingKeys::start_encryption`].
 #[derive(Clone)]
 pub struct EncryptRequest {
     principal: String,
@@ -199,9 +200,9 @@ impl EncryptRequest {
         Self { principal: principal.to_owned(), key: key.to_owned(), context, id }
     }
 
-    /// Whether this is the request of `principal` for `key` with `context`.
-    pub fn is_for(&self, principal: &str, key: &str, context: &EncryptionContext) -> bool {
-        self.principal == principal && self.key == key && self.context == *context
+    /// The encryption context.
+    pub fn context(&self) -> &EncryptionContext {
+        &self.context
     }
 }
 
@@ -276,20 +277,75 @@ impl CachingKeys {
         self.generate_cached(id, principal, key, context).await
     }
 
-    /// [`CachingKeys::generate_data_key_with_usage`] for a request prepared once
-    /// ([`EncryptRequest`]), which saves hashing its fields into the entry's name each time.
+    /// Starts encrypting a message for `request` (prepared once) with `options`: the data key
+    /// comes from the cache (or the key service), and the message's header is encoded once
+    /// per cached data key ([`PreparedEncryption::template`]) rather than once per message. A
+    /// signing suite's message has a header and a data key of its own (its context holds its
+    /// signing key): those go to the key service every time.
     ///
     /// # Errors
-    /// As [`CachingKeys::generate_data_key_with_usage`].
-    pub async fn generate_data_key_for(
+    /// [`Error::KeyService`] when the data key is refused (shared with concurrent identical
+    /// requests, not cached); those of [`PreparedEncryption::new`] for a context it refuses.
+    pub async fn start_encryption(
         &self,
         request: &EncryptRequest,
-    ) -> Result<(DataKey, DataKeyUsage), KeyServiceError> {
+        options: EncryptOptions,
+    ) -> Result<(Encryptor, DataKeyUsage), Error> {
         let EncryptRequest { principal, key, context, id } = request;
-        match id {
-            Some(id) => self.generate_cached(*id, principal, key, context).await,
-            None => self.generate_data_key_with_usage(principal, key, context).await,
-        }
+        self.start_with(*id, principal, key, context, options).await
+    }
+
+    /// [`CachingKeys::start_encryption`] for a request made once.
+    ///
+    /// # Errors
+    /// As [`CachingKeys::start_encryption`].
+    pub async fn start_encryption_with(
+        &self,
+        principal: &str,
+        key: &str,
+        context: &EncryptionContext,
+        options: EncryptOptions,
+    ) -> Result<(Encryptor, DataKeyUsage), Error> {
+        let id = (!context.contains_key(PUBLIC_KEY_CONTEXT_KEY))
+            .then(|| cache_id(Direction::Encrypt, principal, key, context, &[]));
+        self.start_with(id, principal, key, context, options).await
+    }
+
+    async fn start_with(
+        &self,
+        id: Option<CacheId>,
+        principal: &str,
+        key: &str,
+        context: &EncryptionContext,
+        options: EncryptOptions,
+    ) -> Result<(Encryptor, DataKeyUsage), Error> {
+        let (Some(id), false) = (id, options.suite.is_signing()) else {
+            let prepared = PreparedEncryption::new(context.clone(), options)?;
+            let (data_key, usage) =
+                self.generate_data_key_with_usage(principal, key, prepared.kms_context()).await?;
+            return Ok((prepared.start(data_key)?, usage));
+        };
+        let entry = self.encrypt_entry(id, principal, key, context).await?;
+        let template = match entry.template.get() {
+            Some(template)
+                if template.suite() == options.suite
+                    && template.frame_length() == options.frame_length =>
+            {
+                Arc::clone(template)
+            }
+            _ => {
+                let key_arn = entry.key_arn.as_deref().unwrap_or_default();
+                let template = PreparedEncryption::new(context.clone(), options)?
+                    .template(&entry.ciphertext_blob, key_arn)?;
+                let template = Arc::new(template);
+                // The first options the entry serves keep their template (the routes of one
+                // principal, key and context normally agree on them).
+                let _ = entry.template.set(Arc::clone(&template));
+                template
+            }
+        };
+        let encryptor = Encryptor::with_template(template, &entry.plaintext)?;
+        Ok((encryptor, DataKeyUsage { usage: Some(Arc::clone(&entry.usage)) }))
     }
 
     /// GenerateDataKey through the encrypt entry `id`, the name of `principal`, `key` and
@@ -301,19 +357,30 @@ impl CachingKeys {
         key: &str,
         context: &EncryptionContext,
     ) -> Result<(DataKey, DataKeyUsage), KeyServiceError> {
-        let entry = self
-            .cached(id, Direction::Encrypt, || async {
-                let data_key = self.inner.generate_data_key(principal, key, context).await?;
-                let DataKey { plaintext, ciphertext_blob, key_arn } = data_key;
-                Ok(Entry::new(plaintext, ciphertext_blob, Some(key_arn)))
-            })
-            .await?;
+        let entry = self.encrypt_entry(id, principal, key, context).await?;
         let data_key = DataKey {
             plaintext: entry.copy_key()?,
             ciphertext_blob: entry.ciphertext_blob.clone(),
             key_arn: entry.key_arn.clone().unwrap_or_default(),
         };
         Ok((data_key, DataKeyUsage { usage: Some(Arc::clone(&entry.usage)) }))
+    }
+
+    /// The encrypt entry `id` (the name of `principal`, `key` and `context`), one message
+    /// reserved in it; from the key service when missing or spent.
+    async fn encrypt_entry(
+        &self,
+        id: CacheId,
+        principal: &str,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<Arc<Entry>, KeyServiceError> {
+        self.cached(id, Direction::Encrypt, || async {
+            let data_key = self.inner.generate_data_key(principal, key, context).await?;
+            let DataKey { plaintext, ciphertext_blob, key_arn } = data_key;
+            Ok(Entry::new(plaintext, ciphertext_blob, Some(key_arn)))
+        })
+        .await
     }
 
     /// Drops the entries of the key `key` (a key id or key ARN) and, for
@@ -550,6 +617,8 @@ struct Entry {
     /// When the key service answered.
     created: Instant,
     usage: Arc<Usage>,
+    /// The header of the messages it encrypts, encoded by the first.
+    template: OnceLock<Arc<HeaderTemplate>>,
 }
 
 impl Entry {
@@ -560,6 +629,7 @@ impl Entry {
             key_arn,
             created: Instant::now(),
             usage: Arc::new(Usage::default()),
+            template: OnceLock::new(),
         }
     }
 

@@ -149,52 +149,131 @@ impl Header {
     /// The header body's bytes (what the header authentication tag covers).
     ///
     /// # Errors
-    /// [`Error::InvalidContext`] or [`Error::InvalidDataKey`] when a field does not fit its
-    /// length prefix; [`Error::InvalidFrameLength`].
+    /// As [`HeaderTemplate::new`].
     pub fn encode_body(&self) -> Result<Vec<u8>, Error> {
-        let Self { suite, message_id, context, data_keys, frame_length, commit_key } = self;
-        check_frame_length(*frame_length)?;
+        let template =
+            HeaderTemplate::new(self.suite, &self.context, &self.data_keys, self.frame_length)?;
+        let mut out = Vec::with_capacity(template.header_len());
+        template.render_into(&self.message_id, &self.commit_key, &mut out);
+        Ok(out)
+    }
+}
+
+/// Where the message id starts in a header body: after the version and the suite.
+const MESSAGE_ID_OFFSET: usize = 1 + 2;
+
+/// A header body with its message id and commitment key left as zeros: everything that a
+/// suite, an encryption context, the encrypted data keys and a frame length fix, encoded once.
+/// The messages one cached data key encrypts differ only in the two blanks, so they share one
+/// template ([`HeaderTemplate::render_into`] fills them in).
+#[derive(Clone)]
+pub struct HeaderTemplate {
+    /// The header body, with zeros for the id and the commitment.
+    bytes: Vec<u8>,
+    suite: Suite,
+    frame_length: u32,
+}
+
+impl std::fmt::Debug for HeaderTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The context's values may be tenant names: not printed.
+        f.debug_struct("HeaderTemplate")
+            .field("suite", &self.suite)
+            .field("frame_length", &self.frame_length)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeaderTemplate {
+    /// Encodes everything of a header but its message id and commitment key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidContext`] or [`Error::InvalidDataKey`] when a field does not fit its
+    /// length prefix, or there are no or too many data keys; [`Error::InvalidFrameLength`].
+    pub fn new(
+        suite: Suite,
+        context: &EncryptionContext,
+        data_keys: &[EncryptedDataKey],
+        frame_length: u32,
+    ) -> Result<Self, Error> {
+        check_frame_length(frame_length)?;
         if data_keys.is_empty() || data_keys.len() > MAX_ENCRYPTED_DATA_KEYS {
             return Err(Error::InvalidDataKey("a message carries 1 to 16 encrypted data keys"));
         }
-        let context = encode_context(context)?;
+        let context_bytes = encode_context(context)?;
         let keys_len: usize = data_keys
             .iter()
             .map(|k| 6 + k.provider_id.len() + k.provider_info.len() + k.ciphertext.len())
             .sum();
         // Version, suite, id, the context and its length, the key count, the keys, content
-        // type, frame length, commitment key; and the tag the caller appends.
-        let mut out = Vec::with_capacity(
-            1 + 2
-                + message_id.len()
+        // type, frame length, commitment key.
+        let mut bytes = Vec::with_capacity(
+            MESSAGE_ID_OFFSET
+                + MESSAGE_ID_LEN
                 + 2
-                + context.len()
+                + context_bytes.len()
                 + 2
                 + keys_len
                 + 1
                 + 4
-                + commit_key.len()
-                + TAG_LEN,
+                + COMMIT_KEY_LEN,
         );
-        out.push(MESSAGE_VERSION);
-        out.extend_from_slice(&suite.id().to_be_bytes());
-        out.extend_from_slice(message_id);
-        put_u16_len(&mut out, context.len(), Error::InvalidContext("longer than 65535 bytes"))?;
-        out.extend_from_slice(&context);
-        out.extend_from_slice(&(data_keys.len() as u16).to_be_bytes());
+        bytes.push(MESSAGE_VERSION);
+        bytes.extend_from_slice(&suite.id().to_be_bytes());
+        bytes.extend_from_slice(&[0; MESSAGE_ID_LEN]);
+        put_u16_len(
+            &mut bytes,
+            context_bytes.len(),
+            Error::InvalidContext("longer than 65535 bytes"),
+        )?;
+        bytes.extend_from_slice(&context_bytes);
+        bytes.extend_from_slice(&(data_keys.len() as u16).to_be_bytes());
         for key in data_keys {
             let too_long = || Error::InvalidDataKey("an encrypted data key field is too long");
-            put_u16_len(&mut out, key.provider_id.len(), too_long())?;
-            out.extend_from_slice(key.provider_id.as_bytes());
-            put_u16_len(&mut out, key.provider_info.len(), too_long())?;
-            out.extend_from_slice(&key.provider_info);
-            put_u16_len(&mut out, key.ciphertext.len(), too_long())?;
-            out.extend_from_slice(&key.ciphertext);
+            put_u16_len(&mut bytes, key.provider_id.len(), too_long())?;
+            bytes.extend_from_slice(key.provider_id.as_bytes());
+            put_u16_len(&mut bytes, key.provider_info.len(), too_long())?;
+            bytes.extend_from_slice(&key.provider_info);
+            put_u16_len(&mut bytes, key.ciphertext.len(), too_long())?;
+            bytes.extend_from_slice(&key.ciphertext);
         }
-        out.push(CONTENT_TYPE_FRAMED);
-        out.extend_from_slice(&frame_length.to_be_bytes());
-        out.extend_from_slice(commit_key);
-        Ok(out)
+        bytes.push(CONTENT_TYPE_FRAMED);
+        bytes.extend_from_slice(&frame_length.to_be_bytes());
+        bytes.extend_from_slice(&[0; COMMIT_KEY_LEN]);
+        Ok(Self { bytes, suite, frame_length })
+    }
+
+    /// The algorithm suite.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The plaintext length of each regular frame.
+    pub fn frame_length(&self) -> u32 {
+        self.frame_length
+    }
+
+    /// The length of a header made from it, its authentication tag included.
+    pub fn header_len(&self) -> usize {
+        self.bytes.len() + TAG_LEN
+    }
+
+    /// Appends the header body of the message `message_id` whose data key commits to
+    /// `commit_key` (the tag is the caller's to append).
+    pub fn render_into(
+        &self,
+        message_id: &[u8; MESSAGE_ID_LEN],
+        commit_key: &[u8; COMMIT_KEY_LEN],
+        out: &mut Vec<u8>,
+    ) {
+        let start = out.len();
+        out.extend_from_slice(&self.bytes);
+        let body = &mut out[start..];
+        let id_end = MESSAGE_ID_OFFSET + MESSAGE_ID_LEN;
+        body[MESSAGE_ID_OFFSET..id_end].copy_from_slice(message_id);
+        let commit_start = body.len() - COMMIT_KEY_LEN;
+        body[commit_start..].copy_from_slice(commit_key);
     }
 }
 
@@ -549,12 +628,30 @@ pub fn frame_aad(
     is_final: bool,
     sequence: u32,
     content_len: u64,
-) -> Vec<u8> {
+) -> FrameAad {
     let content = if is_final { FINAL_FRAME_CONTENT } else { FRAME_CONTENT };
-    let mut aad = Vec::with_capacity(MESSAGE_ID_LEN + content.len() + 12);
-    aad.extend_from_slice(message_id);
-    aad.extend_from_slice(content);
-    aad.extend_from_slice(&sequence.to_be_bytes());
-    aad.extend_from_slice(&content_len.to_be_bytes());
-    aad
+    let mut bytes = [0u8; FRAME_AAD_MAX_LEN];
+    let (id, rest) = bytes.split_at_mut(MESSAGE_ID_LEN);
+    id.copy_from_slice(message_id);
+    let (text, rest) = rest.split_at_mut(content.len());
+    text.copy_from_slice(content);
+    rest[..4].copy_from_slice(&sequence.to_be_bytes());
+    rest[4..12].copy_from_slice(&content_len.to_be_bytes());
+    FrameAad { bytes, len: MESSAGE_ID_LEN + content.len() + 12 }
+}
+
+/// A frame's associated data, on the stack (one per frame: no allocation).
+#[derive(Clone, Copy, Debug)]
+pub struct FrameAad {
+    bytes: [u8; FRAME_AAD_MAX_LEN],
+    len: usize,
+}
+
+/// The longest frame associated data: a final frame's.
+const FRAME_AAD_MAX_LEN: usize = MESSAGE_ID_LEN + FINAL_FRAME_CONTENT.len() + 4 + 8;
+
+impl AsRef<[u8]> for FrameAad {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }

@@ -11,7 +11,9 @@
 //! [`PreparedEncryption::new`] checks the encryption context and, for 0x0578, makes the
 //! ephemeral signing key and adds its public key to the context. Ask the [`KeyService`] for a
 //! data key bound to [`PreparedEncryption::kms_context`], then [`PreparedEncryption::start`]
-//! gives the [`Encryptor`]. [`Encryptor::begin`] does the three steps.
+//! gives the [`Encryptor`]. [`Encryptor::begin`] does the three steps. A data key that
+//! encrypts many messages (a cached one) encodes their common header once
+//! ([`PreparedEncryption::template`]) and starts each with [`Encryptor::with_template`].
 //!
 //! # Decrypting
 //!
@@ -43,9 +45,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::{Zeroize as _, Zeroizing};
 
+use std::sync::Arc;
+
 use super::format::{
-    self, EncryptedDataKey, FINAL_FRAME_MARKER, Header, IV_LEN, MAX_SIGNATURE_LEN, MESSAGE_ID_LEN,
-    MessageKeys, PROVIDER_ID_KMS, PUBLIC_KEY_CONTEXT_KEY, RESERVED_CONTEXT_PREFIX, Suite, TAG_LEN,
+    self, EncryptedDataKey, FINAL_FRAME_MARKER, Header, HeaderTemplate, IV_LEN, MAX_SIGNATURE_LEN,
+    MESSAGE_ID_LEN, MessageKeys, PROVIDER_ID_KMS, PUBLIC_KEY_CONTEXT_KEY, RESERVED_CONTEXT_PREFIX,
+    Suite, TAG_LEN,
 };
 use super::keys::{DataKey, KeyService};
 use super::{EncryptionContext, Error};
@@ -125,6 +130,27 @@ impl PreparedEncryption {
         Ok(Self { options, context, signer })
     }
 
+    /// The header that every message encrypted with this context and options under the data
+    /// key `ciphertext_blob` (made under `key_arn`) shares: all of it but the message id and
+    /// the commitment. A data key used for many messages (a cached one) encodes it once and
+    /// starts each with [`Encryptor::with_template`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidDataKey`] for a key ARN or blob too long for the header.
+    pub fn template(&self, ciphertext_blob: &[u8], key_arn: &str) -> Result<HeaderTemplate, Error> {
+        let data_key = EncryptedDataKey {
+            provider_id: PROVIDER_ID_KMS.to_owned(),
+            provider_info: key_arn.as_bytes().to_vec(),
+            ciphertext: ciphertext_blob.to_vec(),
+        };
+        HeaderTemplate::new(
+            self.options.suite,
+            &self.context,
+            std::slice::from_ref(&data_key),
+            self.options.frame_length,
+        )
+    }
+
     /// The encryption context of the message, as the data key must be bound to it
     /// (GenerateDataKey's EncryptionContext).
     pub fn kms_context(&self) -> &EncryptionContext {
@@ -138,11 +164,7 @@ impl PreparedEncryption {
     /// [`Error::InvalidDataKey`] for a key ARN too long for the header; [`Error::Internal`] if
     /// the random generator fails.
     pub fn start(self, data_key: DataKey) -> Result<Encryptor, Error> {
-        let mut message_id = [0u8; MESSAGE_ID_LEN];
-        SystemRandom::new()
-            .fill(&mut message_id)
-            .map_err(|_| Error::Internal("the random generator failed"))?;
-        self.start_with_message_id(data_key, message_id)
+        self.start_with_message_id(data_key, random_message_id()?)
     }
 
     /// [`PreparedEncryption::start`] with a given message id (known-answer tests).
@@ -151,36 +173,18 @@ impl PreparedEncryption {
         data_key: DataKey,
         message_id: [u8; MESSAGE_ID_LEN],
     ) -> Result<Encryptor, Error> {
-        let Self { options, context, signer } = self;
-        let DataKey { plaintext, ciphertext_blob, key_arn } = data_key;
-        let keys = MessageKeys::derive(options.suite, &plaintext, &message_id)?;
-        let header = Header {
-            suite: options.suite,
-            message_id,
-            context,
-            data_keys: vec![EncryptedDataKey {
-                provider_id: PROVIDER_ID_KMS.to_owned(),
-                provider_info: key_arn.into_bytes(),
-                ciphertext: ciphertext_blob,
-            }],
-            frame_length: options.frame_length,
-            commit_key: keys.commit_key,
-        };
-        let mut header_bytes = header.encode_body()?;
-        let tag = keys.header_tag(&header_bytes)?;
-        header_bytes.extend_from_slice(&tag);
-        Ok(Encryptor {
-            keys,
-            header,
-            header_len: header_bytes.len(),
-            unsent_header: Some(header_bytes),
-            // Allocated as plaintext arrives (`Encryptor::hold`), so a small body costs a small
-            // buffer to allocate and wipe, not a whole frame.
-            pending: Zeroizing::new(Vec::new()),
-            sequence: 1,
-            signer: signer.map(|key| (key, digest::Context::new(&digest::SHA384))),
-        })
+        let template = Arc::new(self.template(&data_key.ciphertext_blob, &data_key.key_arn)?);
+        Encryptor::from_parts(template, &data_key.plaintext, message_id, self.signer)
     }
+}
+
+/// A fresh message id: 32 random bytes.
+fn random_message_id() -> Result<[u8; MESSAGE_ID_LEN], Error> {
+    let mut message_id = [0u8; MESSAGE_ID_LEN];
+    SystemRandom::new()
+        .fill(&mut message_id)
+        .map_err(|_| Error::Internal("the random generator failed"))?;
+    Ok(message_id)
 }
 
 // === impl Encryptor ===
@@ -193,11 +197,11 @@ impl PreparedEncryption {
 /// at most one frame of plaintext is held.
 pub struct Encryptor {
     keys: MessageKeys,
-    header: Header,
-    /// The header bytes, until the first call emits them.
-    unsent_header: Option<Vec<u8>>,
-    /// Their length, its tag included.
-    header_len: usize,
+    /// The header, but for the message id and the commitment.
+    template: Arc<HeaderTemplate>,
+    message_id: [u8; MESSAGE_ID_LEN],
+    /// Whether the header went out (the first call writes it).
+    header_sent: bool,
     /// Plaintext of the next frame (fewer than or exactly `frame_length` bytes). Its capacity
     /// grows only through [`Encryptor::hold`], which wipes the allocation it leaves.
     pending: Zeroizing<Vec<u8>>,
@@ -210,7 +214,7 @@ pub struct Encryptor {
 impl std::fmt::Debug for Encryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encryptor")
-            .field("suite", &self.header.suite)
+            .field("suite", &self.template.suite())
             .field("sequence", &self.sequence)
             .finish_non_exhaustive()
     }
@@ -235,14 +239,48 @@ impl Encryptor {
         prepared.start(data_key)
     }
 
-    /// The message's header.
-    pub fn header(&self) -> &Header {
-        &self.header
+    /// Starts a message of `template` (a suite without a signature) whose data key is
+    /// `data_key`, the plaintext of the template's encrypted data key, with a random message
+    /// id. Nothing is emitted yet.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a signing suite's template (each signed message has its own
+    /// signing key in its header) or if the random generator fails.
+    pub fn with_template(template: Arc<HeaderTemplate>, data_key: &AesKey) -> Result<Self, Error> {
+        if template.suite().is_signing() {
+            return Err(Error::Internal("a signed message's header is its own: no template"));
+        }
+        Self::from_parts(template, data_key, random_message_id()?, None)
+    }
+
+    fn from_parts(
+        template: Arc<HeaderTemplate>,
+        data_key: &AesKey,
+        message_id: [u8; MESSAGE_ID_LEN],
+        signer: Option<EcdsaKeyPair>,
+    ) -> Result<Self, Error> {
+        let keys = MessageKeys::derive(template.suite(), data_key, &message_id)?;
+        Ok(Self {
+            keys,
+            template,
+            message_id,
+            header_sent: false,
+            // Allocated as plaintext arrives (`Encryptor::hold`), so a small body costs a small
+            // buffer to allocate and wipe, not a whole frame.
+            pending: Zeroizing::new(Vec::new()),
+            sequence: 1,
+            signer: signer.map(|key| (key, digest::Context::new(&digest::SHA384))),
+        })
+    }
+
+    /// The message id.
+    pub fn message_id(&self) -> &[u8; MESSAGE_ID_LEN] {
+        &self.message_id
     }
 
     /// The header's length in the message, its tag included.
     pub fn header_len(&self) -> usize {
-        self.header_len
+        self.template.header_len()
     }
 
     /// How many plaintext bytes are held, waiting for their frame (at most one frame).
@@ -256,8 +294,8 @@ impl Encryptor {
     /// # Errors
     /// [`Error::TooLong`] past 2^32 − 2 frames; [`Error::Internal`] if the library fails.
     pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        self.emit_header(out);
-        let frame_length = self.header.frame_length as usize;
+        self.emit_header(out)?;
+        let frame_length = self.template.frame_length() as usize;
         let mut input = plaintext;
         while !input.is_empty() {
             if self.pending.is_empty() {
@@ -295,9 +333,37 @@ impl Encryptor {
     /// # Errors
     /// As [`Encryptor::update`].
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        self.emit_header(out);
+        self.emit_header(out)?;
         let pending = std::mem::take(&mut self.pending);
         self.seal_frame(true, &pending, out)?;
+        self.sign(out)
+    }
+
+    /// [`Encryptor::update`] with the last of the plaintext, then [`Encryptor::finish`]; when
+    /// nothing is held, the frames are sealed straight from `plaintext` (a body that arrives in
+    /// one piece is never copied aside).
+    ///
+    /// # Errors
+    /// As [`Encryptor::update`].
+    pub fn finish_with(mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if !self.pending.is_empty() {
+            self.update(plaintext, out)?;
+            return self.finish(out);
+        }
+        self.emit_header(out)?;
+        let frame_length = self.template.frame_length() as usize;
+        let mut input = plaintext;
+        while input.len() > frame_length {
+            let (frame, rest) = input.split_at(frame_length);
+            self.seal_frame(false, frame, out)?;
+            input = rest;
+        }
+        self.seal_frame(true, input, out)?;
+        self.sign(out)
+    }
+
+    /// For a signing suite, the footer.
+    fn sign(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         if let Some((key, hash)) = self.signer.take() {
             let signature = key
                 .sign_digest(&hash.finish())
@@ -318,7 +384,7 @@ impl Encryptor {
     fn hold(&mut self, plaintext: &[u8]) {
         let needed = self.pending.len() + plaintext.len();
         if needed > self.pending.capacity() {
-            let frame_length = self.header.frame_length as usize;
+            let frame_length = self.template.frame_length() as usize;
             let capacity = (self.pending.capacity() * 2).min(frame_length).max(needed);
             let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
             grown.extend_from_slice(&self.pending);
@@ -328,11 +394,20 @@ impl Encryptor {
         self.pending.extend_from_slice(plaintext);
     }
 
-    fn emit_header(&mut self, out: &mut Vec<u8>) {
-        if let Some(header) = self.unsent_header.take() {
-            self.hash(&header);
-            out.extend_from_slice(&header);
+    /// Writes the header, the first time: the template with this message's id and
+    /// commitment, then its tag.
+    fn emit_header(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.header_sent {
+            return Ok(());
         }
+        let start = out.len();
+        out.reserve(self.template.header_len());
+        self.template.render_into(&self.message_id, &self.keys.commit_key, out);
+        let tag = self.keys.header_tag(&out[start..])?;
+        out.extend_from_slice(&tag);
+        self.hash(&out[start..]);
+        self.header_sent = true;
+        Ok(())
     }
 
     fn hash(&mut self, bytes: &[u8]) {
@@ -365,8 +440,7 @@ impl Encryptor {
         }
         let body = out.len();
         out.extend_from_slice(plaintext);
-        let aad =
-            format::frame_aad(&self.header.message_id, is_final, sequence, plaintext.len() as u64);
+        let aad = format::frame_aad(&self.message_id, is_final, sequence, plaintext.len() as u64);
         let tag = self
             .keys
             .content

@@ -101,16 +101,25 @@ fn block_on<F: Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-/// Encrypts `plaintext` with the fixed data key, feeding it `chunk` bytes at a time.
+/// Encrypts `plaintext` with the fixed data key, feeding it `chunk` bytes at a time, the last
+/// piece through [`Encryptor::finish_with`].
 fn seal(plaintext: &[u8], suite: Suite, frame_length: u32, chunk: usize) -> Vec<u8> {
     let options = EncryptOptions { suite, frame_length };
     let prepared = PreparedEncryption::new(default_context(), options).expect("prepare");
-    let mut encryptor = prepared.start(data_key(&DATA_KEY, BLOB, KEY_ARN)).expect("start");
+    let encryptor = prepared.start(data_key(&DATA_KEY, BLOB, KEY_ARN)).expect("start");
+    seal_with(encryptor, plaintext, chunk)
+}
+
+/// Feeds `plaintext` to `encryptor` `chunk` bytes at a time, the last piece through
+/// [`Encryptor::finish_with`].
+fn seal_with(mut encryptor: Encryptor, plaintext: &[u8], chunk: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    for piece in plaintext.chunks(chunk.max(1)) {
+    let mut pieces: Vec<&[u8]> = plaintext.chunks(chunk.max(1)).collect();
+    let last = pieces.pop().unwrap_or_default();
+    for piece in pieces {
         encryptor.update(piece, &mut out).expect("update");
     }
-    encryptor.finish(&mut out).expect("finish");
+    encryptor.finish_with(last, &mut out).expect("finish");
     out
 }
 
@@ -459,7 +468,41 @@ fn signed_messages_carry_the_public_key_in_their_context() {
     assert_eq!(point.len(), 49, "a compressed P-384 point");
     assert!(matches!(point[0], 0x02 | 0x03));
     let encryptor = prepared.start(data_key(&DATA_KEY, BLOB, KEY_ARN)).expect("start");
-    assert_eq!(encryptor.header().context, kms_context);
+    let message = seal_with(encryptor, b"", 1);
+    let parsed = format::parse_header(&message).expect("parses").expect("complete");
+    assert_eq!(parsed.header.context, kms_context);
+}
+
+#[test]
+fn messages_of_one_template_differ_in_id_and_commitment_only() {
+    let prepared =
+        PreparedEncryption::new(default_context(), EncryptOptions::default()).expect("prepare");
+    let template = Arc::new(prepared.template(BLOB, KEY_ARN).expect("template"));
+    let key = AesKey::from_slice(&DATA_KEY).expect("32 bytes");
+    let mut headers = Vec::new();
+    for body in [&b"first"[..], b"second"] {
+        let encryptor = Encryptor::with_template(Arc::clone(&template), &key).expect("start");
+        let id = *encryptor.message_id();
+        let message = seal_with(encryptor, body, 4);
+        assert_eq!(open(&message, 5).expect("decrypts"), body);
+        let parsed = format::parse_header(&message).expect("parses").expect("complete");
+        assert_eq!(parsed.header.message_id, id);
+        assert_eq!(parsed.total_len(), template.header_len());
+        headers.push(parsed.header);
+    }
+    let [a, b] = [&headers[0], &headers[1]];
+    assert_ne!(a.message_id, b.message_id);
+    assert_ne!(a.commit_key, b.commit_key);
+    let blank = |h: &Header| Header { message_id: [0; 32], commit_key: [0; 32], ..h.clone() };
+    assert_eq!(blank(a), blank(b));
+    // A signed message's header holds its own signing key: no template for it.
+    let signing = EncryptOptions {
+        suite: Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+        ..EncryptOptions::default()
+    };
+    let prepared = PreparedEncryption::new(default_context(), signing).expect("prepare");
+    let template = Arc::new(prepared.template(BLOB, KEY_ARN).expect("template"));
+    assert!(matches!(Encryptor::with_template(template, &key), Err(Error::Internal(_))));
 }
 
 #[test]
@@ -652,6 +695,13 @@ fn kagi_writes_the_golden_message_byte_for_byte() {
     let mut out = Vec::new();
     encryptor.update(&plaintext, &mut out).expect("update");
     encryptor.finish(&mut out).expect("finish");
+    // The whole body at once, sealed where it lies, makes the same bytes.
+    let prepared = PreparedEncryption::new(golden.context.clone(), options).expect("prepare");
+    let again = self::data_key(&keys.data_key, &keys.blob, &keys.key_arn);
+    let encryptor = prepared.start_with_message_id(again, GOLDEN_MESSAGE_ID).expect("start");
+    let mut at_once = Vec::new();
+    encryptor.finish_with(&plaintext, &mut at_once).expect("finish");
+    assert_eq!(at_once, out);
     if std::env::var_os("KAGI_REGENERATE_GOLDENS").is_some() {
         std::fs::write(golden_dir().join(&golden.message_file), &out).expect("write golden");
         return;

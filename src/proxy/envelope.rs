@@ -46,7 +46,7 @@ use super::{BoxError, ProxyBody};
 use crate::config::{ContextSource, EnvelopeConfig, RouteConfig};
 use crate::envelope::{
     self, CachingKeys, DecryptOptions, Decryptor, EncryptOptions, EncryptRequest,
-    EncryptionContext, KeyService, PreparedEncryption, Suite,
+    EncryptionContext, KeyService, Suite,
 };
 use crate::keystore::ErrorKind;
 use crate::metrics::envelope::FailureReason;
@@ -197,28 +197,25 @@ pub(super) type OnEnd = Box<dyn FnOnce(u64) + Send>;
 /// Encrypts a request body (whole-body mode): gets the data key now (from the cache, or the
 /// key service as the route's principal), then streams. Returns the body and, when it can be
 /// known, its new length. `fixed` is the route's data-key request when its context is the
-/// same for every request; it is used when the message's context is that one.
+/// same for every request (then `context` is its context).
 pub(super) async fn encrypt_body(
     keys: &CachingKeys,
     envelope: &EnvelopeConfig,
     fixed: Option<&EncryptRequest>,
-    context: EncryptionContext,
+    context: &EncryptionContext,
     body: ProxyBody,
     declared: Option<u64>,
     on_end: OnEnd,
 ) -> Result<(ProxyBody, Option<u64>), (Refusal, Option<FailureReason>)> {
-    let refuse = |e: envelope::Error| (Refusal::encrypting(&e), Some(FailureReason::of(&e)));
-    let prepared = PreparedEncryption::new(context, options(envelope)).map_err(refuse)?;
-    let kms_context = prepared.kms_context();
-    let fixed = fixed.filter(|r| r.is_for(&envelope.principal, &envelope.key, kms_context));
-    let data_key = match fixed {
-        Some(request) => keys.generate_data_key_for(request).await,
+    let options = options(envelope);
+    let started = match fixed {
+        Some(request) => keys.start_encryption(request, options).await,
         None => {
-            keys.generate_data_key_with_usage(&envelope.principal, &envelope.key, kms_context).await
+            keys.start_encryption_with(&envelope.principal, &envelope.key, context, options).await
         }
     };
-    let (data_key, usage) = data_key.map_err(|e| refuse(e.into()))?;
-    let encryptor = prepared.start(data_key).map_err(refuse)?;
+    let (encryptor, usage) =
+        started.map_err(|e| (Refusal::encrypting(&e), Some(FailureReason::of(&e))))?;
     let length = match (declared, envelope.suite) {
         (Some(plaintext), Suite::Aes256GcmHkdfSha512CommitKey) => Some(ciphertext_len(
             encryptor.header_len() as u64,
@@ -431,6 +428,15 @@ trait Transform: Send + Unpin + 'static {
     fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error>;
     /// Ends the input, appending what remains to `out`.
     fn finish(self, out: &mut Vec<u8>) -> Result<(), envelope::Error>;
+    /// Takes the last `input` and ends; the same as [`Transform::update`] then
+    /// [`Transform::finish`], which is what it does unless a transform knows better.
+    fn finish_with(mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error>
+    where
+        Self: Sized,
+    {
+        self.update(input, out)?;
+        self.finish(out)
+    }
     /// Whether the message is complete without more input (a decrypted message's final frame
     /// and footer were read).
     fn is_done(&self) -> bool {
@@ -452,6 +458,11 @@ impl Transform for Encrypting {
 
     fn finish(self, out: &mut Vec<u8>) -> Result<(), envelope::Error> {
         self.encryptor.finish(out)
+    }
+
+    fn finish_with(self, input: &[u8], out: &mut Vec<u8>) -> Result<(), envelope::Error> {
+        self.usage.record_bytes(input.len() as u64);
+        self.encryptor.finish_with(input, out)
     }
 }
 
@@ -498,10 +509,15 @@ impl<T: Transform> Transformed<T> {
         }
     }
 
-    /// Ends the input: what `out` holds, then what the transform finishes with.
-    fn end(&mut self, mut out: Vec<u8>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Ends the input with its `last` bytes: what `out` holds, then what the transform
+    /// finishes with.
+    fn end(
+        &mut self,
+        last: &[u8],
+        mut out: Vec<u8>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(transform) = self.transform.take() {
-            if let Err(error) = transform.finish(&mut out) {
+            if let Err(error) = transform.finish_with(last, &mut out) {
                 return self.failed(error);
             }
             if !self.plaintext_in {
@@ -567,20 +583,20 @@ impl<T: Transform> Body for Transformed<T> {
                     if self.plaintext_in {
                         self.bytes += data.len() as u64;
                     }
-                    let Some(transform) = self.transform.as_mut() else { continue };
                     // Room for the output at once: the chunk, and a header and frame
                     // overheads when encrypting (decrypting gives back less than it takes).
                     out.reserve(data.len() + OUTPUT_SLACK);
+                    if self.inner.is_end_stream() {
+                        // The last chunk (its length was declared): end now, so the rest of
+                        // the message goes out with it, in one buffer.
+                        return self.end(&data, out);
+                    }
+                    let Some(transform) = self.transform.as_mut() else { continue };
                     if let Err(error) = transform.update(&data, &mut out) {
                         return self.failed(error);
                     }
-                    if self.inner.is_end_stream() {
-                        // That was the last chunk (its length was declared): end now, so the
-                        // rest of the message goes out with it, in one buffer.
-                        return self.end(out);
-                    }
                 }
-                Poll::Ready(None) => return self.end(out),
+                Poll::Ready(None) => return self.end(&[], out),
             }
             if !out.is_empty() {
                 if !self.plaintext_in {
@@ -691,6 +707,7 @@ mod tests {
     #[test]
     fn lengths_match_what_the_encryptor_writes() {
         use crate::crypto::AesKey;
+        use crate::envelope::PreparedEncryption;
         for (plaintext, frame) in
             [(0u64, 16u32), (1, 16), (15, 16), (16, 16), (17, 16), (64, 16), (1000, 64)]
         {

@@ -24,6 +24,7 @@ mod idle;
 mod listener;
 mod upstream;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -515,8 +516,15 @@ async fn prepare_envelope(
     parts: &mut http::request::Parts,
     body: ProxyBody,
 ) -> Result<(ProxyBody, Option<DecryptPlan>), (envelope::Refusal, Option<FailureReason>)> {
-    let context = envelope::request_context(route, config, &parts.headers, parts.uri.path())
-        .map_err(|refusal| (refusal, Some(FailureReason::MissingContext)))?;
+    let state = snapshot.envelope_routes.get(&route.name);
+    let fixed = state.and_then(|r| r.fixed.as_ref());
+    let context = match fixed {
+        Some(request) => Cow::Borrowed(request.context()),
+        None => Cow::Owned(
+            envelope::request_context(route, config, &parts.headers, parts.uri.path())
+                .map_err(|refusal| (refusal, Some(FailureReason::MissingContext)))?,
+        ),
+    };
     let keys = snapshot.keys.as_ref();
     let mut body = body;
     if envelope::encrypts(config, &parts.method, &parts.headers) {
@@ -527,17 +535,9 @@ async fn prepare_envelope(
             .and_then(|v| v.parse::<u64>().ok());
         if config.json_fields.is_empty() {
             let on_end = snapshot.count_body(route, Direction::Encrypt);
-            let fixed = snapshot.envelope_routes.get(&route.name).and_then(|r| r.fixed.as_ref());
-            let (encrypted, length) = envelope::encrypt_body(
-                keys,
-                config,
-                fixed,
-                context.clone(),
-                body,
-                declared,
-                on_end,
-            )
-            .await?;
+            let (encrypted, length) =
+                envelope::encrypt_body(keys, config, fixed, &context, body, declared, on_end)
+                    .await?;
             body = encrypted;
             set_length(&mut parts.headers, length);
         } else {
@@ -582,10 +582,10 @@ async fn prepare_envelope(
     if whole && !fetches {
         return Ok((body, None));
     }
-    let Some(key_arn) = snapshot.envelope_routes.get(&route.name).map(|r| r.key_arn.clone()) else {
+    let Some(key_arn) = state.map(|r| r.key_arn.clone()) else {
         return Ok((body, None));
     };
-    let options = crate::envelope::DecryptOptions { key_arn, context };
+    let options = crate::envelope::DecryptOptions { key_arn, context: context.into_owned() };
     Ok((body, Some(DecryptPlan { options, head, range })))
 }
 

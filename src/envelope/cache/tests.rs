@@ -616,6 +616,59 @@ async fn signed_message_contexts_are_not_cached() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn messages_of_a_cached_data_key_share_its_header() {
+    use crate::envelope::{DecryptOptions, Decryptor, Header};
+    let h = Harness::new(CacheLimits::default());
+    let ctx = context(&[("tenant", "a")]);
+    let request = EncryptRequest::new(ALICE, "k1", ctx.clone());
+    let mut headers = Vec::new();
+    for body in [&b"first"[..], b"second"] {
+        let (encryptor, usage) =
+            h.cache.start_encryption(&request, EncryptOptions::default()).await.expect("start");
+        assert!(usage.is_cached());
+        let mut message = Vec::new();
+        encryptor.finish_with(body, &mut message).expect("seal");
+        // The fake's first data key is 32 bytes of 1.
+        let mut decryptor =
+            Decryptor::new(DecryptOptions { key_arn: arn("k1"), context: ctx.clone() });
+        let mut opened = Vec::new();
+        decryptor.update(&message, &mut opened).expect("header");
+        let key = AesKey::from_slice(&[1; 32]).expect("32 bytes");
+        decryptor.supply_data_key(&key, &mut opened).expect("frames");
+        headers.push(decryptor.header().cloned().expect("read"));
+        decryptor.finish().expect("complete");
+        assert_eq!(opened, body);
+    }
+    assert_eq!(h.keys.generated(), 1);
+    let blank = |h: &Header| Header { message_id: [0; 32], commit_key: [0; 32], ..h.clone() };
+    assert_ne!(headers[0].message_id, headers[1].message_id);
+    assert_eq!(blank(&headers[0]), blank(&headers[1]));
+    // Other options: a header of their own, the same data key.
+    let options = EncryptOptions { frame_length: 16, ..EncryptOptions::default() };
+    let (encryptor, _) = h.cache.start_encryption(&request, options).await.expect("start");
+    let mut message = Vec::new();
+    encryptor.finish_with(b"third", &mut message).expect("seal");
+    let parsed = crate::envelope::format::parse_header(&message).expect("parses").expect("whole");
+    assert_eq!(parsed.header.frame_length, 16);
+    assert_eq!(parsed.header.data_keys, headers[0].data_keys);
+    assert_eq!(h.keys.generated(), 1);
+    // A signing suite: each message its own data key (its context holds its signing key).
+    let signing = EncryptOptions {
+        suite: crate::envelope::Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+        ..EncryptOptions::default()
+    };
+    for _ in 0..2 {
+        let (_, usage) = h.cache.start_encryption(&request, signing).await.expect("start");
+        assert!(!usage.is_cached());
+    }
+    assert_eq!(h.keys.generated(), 3);
+    // A context that cannot be written is refused before any key is asked for.
+    let reserved = EncryptRequest::new(ALICE, "k1", context(&[("aws-crypto-x", "y")]));
+    let refused = h.cache.start_encryption(&reserved, EncryptOptions::default()).await;
+    assert!(matches!(refused, Err(Error::InvalidContext(_))));
+}
+
+#[tokio::test(start_paused = true)]
 async fn zero_limits_disable_caching() {
     for limits in [
         CacheLimits { max_entries: 0, ..CacheLimits::default() },
@@ -730,11 +783,7 @@ async fn disabling_a_key_in_the_keystore_stops_its_cached_data_keys() {
     keystore.disable_key(&admin, &key.record.id).await.expect("disable");
     assert!(cache.is_empty(), "the DisableKey event dropped the key's entries");
     let refused = encrypt(&cache, "proxy", &key.record.id, ctx.clone(), options, b"fourth").await;
-    assert!(
-        matches!(refused, Err(crate::envelope::Error::KeyService(e)) if e.kind() == ErrorKind::Disabled)
-    );
+    assert!(matches!(refused, Err(Error::KeyService(e)) if e.kind() == ErrorKind::Disabled));
     let refused = decrypt(&cache, "proxy", expected, &messages[0]).await;
-    assert!(
-        matches!(refused, Err(crate::envelope::Error::KeyService(e)) if e.kind() == ErrorKind::Disabled)
-    );
+    assert!(matches!(refused, Err(Error::KeyService(e)) if e.kind() == ErrorKind::Disabled));
 }
