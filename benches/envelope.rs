@@ -149,6 +149,21 @@ fn per_message(c: &mut Criterion) {
             black_box(id)
         });
     });
+    group.bench_function("message_id_aws_lc_batched_32", |b| {
+        let rng = SystemRandom::new();
+        let mut pool = [0u8; 32 * 32];
+        let mut next = pool.len();
+        b.iter(|| {
+            if next == pool.len() {
+                rng.fill(&mut pool).unwrap();
+                next = 0;
+            }
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&pool[next..next + 32]);
+            next += 32;
+            black_box(id)
+        });
+    });
     group.bench_function("message_id_getrandom", |b| {
         b.iter(|| {
             let mut id = [0u8; 32];

@@ -178,13 +178,47 @@ impl PreparedEncryption {
     }
 }
 
-/// A fresh message id: 32 random bytes.
+/// A fresh message id: 32 random bytes from aws-lc's generator, drawn [`MessageIds::BATCH`] ids
+/// at a time per thread. One draw costs about 0.5 µs whatever its size up to a few KiB (the
+/// generator's per-call work: its lock-free state lookup and RDRAND, slow on AMD), so drawing
+/// one id per message made it a tenth of a small message's cost (`cargo bench --bench envelope
+/// -- message_id`: 0.53 µs one at a time, 0.026 µs batched). Message ids are public (each is in
+/// its header) and only have to be unique and unpredictable; each pooled id is handed out once
+/// and wiped from the pool as it is.
 fn random_message_id() -> Result<[u8; MESSAGE_ID_LEN], Error> {
-    let mut message_id = [0u8; MESSAGE_ID_LEN];
-    SystemRandom::new()
-        .fill(&mut message_id)
-        .map_err(|_| Error::Internal("the random generator failed"))?;
-    Ok(message_id)
+    thread_local! {
+        static IDS: std::cell::RefCell<MessageIds> = const {
+            std::cell::RefCell::new(MessageIds { pool: [0; MessageIds::POOL], next: MessageIds::POOL })
+        };
+    }
+    IDS.with_borrow_mut(MessageIds::take)
+}
+
+/// A thread's pool of message ids not yet used.
+struct MessageIds {
+    pool: [u8; Self::POOL],
+    /// The start of the next unused id; [`MessageIds::POOL`] when all are used.
+    next: usize,
+}
+
+impl MessageIds {
+    const BATCH: usize = 32;
+    const POOL: usize = Self::BATCH * MESSAGE_ID_LEN;
+
+    fn take(&mut self) -> Result<[u8; MESSAGE_ID_LEN], Error> {
+        if self.next >= Self::POOL {
+            SystemRandom::new()
+                .fill(&mut self.pool)
+                .map_err(|_| Error::Internal("the random generator failed"))?;
+            self.next = 0;
+        }
+        let slot = &mut self.pool[self.next..self.next + MESSAGE_ID_LEN];
+        let mut id = [0u8; MESSAGE_ID_LEN];
+        id.copy_from_slice(slot);
+        slot.fill(0);
+        self.next += MESSAGE_ID_LEN;
+        Ok(id)
+    }
 }
 
 // === impl Encryptor ===

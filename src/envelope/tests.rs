@@ -490,6 +490,14 @@ fn messages_of_one_template_differ_in_id_and_commitment_only() {
         assert_eq!(parsed.total_len(), template.header_len());
         headers.push(parsed.header);
     }
+    // Ids come from a per-thread pool refilled in batches: never one twice, never a blank.
+    let ids: std::collections::HashSet<[u8; MESSAGE_ID_LEN]> = (0..200)
+        .map(|_| {
+            *Encryptor::with_template(Arc::clone(&template), &key).expect("start").message_id()
+        })
+        .collect();
+    assert_eq!(ids.len(), 200);
+    assert!(!ids.contains(&[0; MESSAGE_ID_LEN]));
     let [a, b] = [&headers[0], &headers[1]];
     assert_ne!(a.message_id, b.message_id);
     assert_ne!(a.commit_key, b.commit_key);
