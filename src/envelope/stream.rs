@@ -223,12 +223,21 @@ impl MessageIds {
 
 // === impl Encryptor ===
 
+/// A regular frame's fields before its content: sequence number and IV.
+const FRAME_PREFIX: usize = 4 + IV_LEN;
+/// What a final frame adds to them: the end marker and the content length.
+const FINAL_FRAME_EXTRA: usize = 4 + 4;
+
 /// Encrypts one message, frame by frame.
 ///
 /// Call [`Encryptor::update`] with each chunk of plaintext and [`Encryptor::finish`] once at
 /// the end; both append the message bytes ready so far to `out`. A regular frame is emitted as
 /// soon as more plaintext than one frame is buffered (a full frame could be the final one), so
 /// at most one frame of plaintext is held.
+///
+/// Plaintext that arrives in pieces is gathered in a buffer laid out as its frame (sequence
+/// number and IV, then the content) and sealed where it lies; when `out` is empty the sealed
+/// frame becomes `out` itself, so a frame's bytes are copied once on their way through.
 pub struct Encryptor {
     keys: MessageKeys,
     /// The header, but for the message id and the commitment.
@@ -236,9 +245,11 @@ pub struct Encryptor {
     message_id: [u8; MESSAGE_ID_LEN],
     /// Whether the header went out (the first call writes it).
     header_sent: bool,
-    /// Plaintext of the next frame (fewer than or exactly `frame_length` bytes). Its capacity
-    /// grows only through [`Encryptor::hold`], which wipes the allocation it leaves.
-    pending: Zeroizing<Vec<u8>>,
+    /// The next frame as it gathers: empty, or [`FRAME_PREFIX`] bytes for the sequence number
+    /// and IV, then the plaintext held (fewer than or exactly `frame_length` bytes). Its
+    /// capacity grows only through [`Encryptor::reserve_frame`], which wipes the allocation it
+    /// leaves, and always has room for the final frame's extra fields and the tag.
+    frame: Zeroizing<Vec<u8>>,
     /// Sequence number of the next frame.
     sequence: u32,
     /// The signing key and the running hash of the message, for 0x0578.
@@ -301,7 +312,7 @@ impl Encryptor {
             header_sent: false,
             // Allocated as plaintext arrives (`Encryptor::hold`), so a small body costs a small
             // buffer to allocate and wipe, not a whole frame.
-            pending: Zeroizing::new(Vec::new()),
+            frame: Zeroizing::new(Vec::new()),
             sequence: 1,
             signer: signer.map(|key| (key, digest::Context::new(&digest::SHA384))),
         })
@@ -319,7 +330,7 @@ impl Encryptor {
 
     /// How many plaintext bytes are held, waiting for their frame (at most one frame).
     pub fn buffered_len(&self) -> usize {
-        self.pending.len()
+        self.frame.len().saturating_sub(FRAME_PREFIX)
     }
 
     /// Encrypts `plaintext`, appending every frame that is complete (and, the first time, the
@@ -332,7 +343,7 @@ impl Encryptor {
         let frame_length = self.template.frame_length() as usize;
         let mut input = plaintext;
         while !input.is_empty() {
-            if self.pending.is_empty() {
+            if self.buffered_len() == 0 {
                 // Whole frames straight from the input, as long as more follows each.
                 while input.len() > frame_length {
                     let (frame, rest) = input.split_at(frame_length);
@@ -342,7 +353,7 @@ impl Encryptor {
                 self.hold(input);
                 return Ok(());
             }
-            let room = frame_length - self.pending.len();
+            let room = frame_length - self.buffered_len();
             if input.len() <= room {
                 self.hold(input);
                 return Ok(());
@@ -351,12 +362,7 @@ impl Encryptor {
             self.hold(head);
             input = rest;
             // A full frame with more plaintext after it: a regular frame.
-            let pending = std::mem::take(&mut self.pending);
-            let sealed = self.seal_frame(false, &pending, out);
-            self.pending = pending;
-            // The next frame overwrites it; `Zeroizing` wipes it on drop.
-            self.pending.clear();
-            sealed?;
+            self.seal_held(false, out)?;
         }
         Ok(())
     }
@@ -368,8 +374,11 @@ impl Encryptor {
     /// As [`Encryptor::update`].
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.emit_header(out)?;
-        let pending = std::mem::take(&mut self.pending);
-        self.seal_frame(true, &pending, out)?;
+        if self.buffered_len() == 0 {
+            self.seal_frame(true, &[], out)?;
+        } else {
+            self.seal_held(true, out)?;
+        }
         self.sign(out)
     }
 
@@ -380,12 +389,18 @@ impl Encryptor {
     /// # Errors
     /// As [`Encryptor::update`].
     pub fn finish_with(mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        if !self.pending.is_empty() {
+        if self.buffered_len() > 0 {
             self.update(plaintext, out)?;
             return self.finish(out);
         }
-        self.emit_header(out)?;
+        // The rest of the message at once: the header if it is still to go, and the frames.
         let frame_length = self.template.frame_length() as usize;
+        let frames = plaintext.len() / frame_length + 1;
+        let header = if self.header_sent { 0 } else { self.header_len() };
+        out.reserve(
+            header + plaintext.len() + frames * (FRAME_PREFIX + TAG_LEN) + FINAL_FRAME_EXTRA,
+        );
+        self.emit_header(out)?;
         let mut input = plaintext;
         while input.len() > frame_length {
             let (frame, rest) = input.split_at(frame_length);
@@ -411,21 +426,99 @@ impl Encryptor {
         Ok(())
     }
 
-    /// Appends `plaintext` (which fits in the frame) to the pending bytes. Growing moves them
-    /// to a larger allocation by hand and wipes the old one (`Vec`'s own growth would free it
-    /// with the plaintext in it); the capacity doubles up to one frame, so a message reallocates
-    /// a few times at most, and a small one holds a small buffer.
+    /// Appends `plaintext` (which fits in the frame) to the frame being gathered.
     fn hold(&mut self, plaintext: &[u8]) {
-        let needed = self.pending.len() + plaintext.len();
-        if needed > self.pending.capacity() {
-            let frame_length = self.template.frame_length() as usize;
-            let capacity = (self.pending.capacity() * 2).min(frame_length).max(needed);
-            let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
-            grown.extend_from_slice(&self.pending);
-            // The old buffer is wiped (its whole capacity) as it drops.
-            self.pending = grown;
+        if plaintext.is_empty() {
+            return;
         }
-        self.pending.extend_from_slice(plaintext);
+        let start = if self.frame.is_empty() { FRAME_PREFIX } else { self.frame.len() };
+        self.reserve_frame(start + plaintext.len());
+        // The sequence number and IV are written when the frame is sealed.
+        self.frame.resize(start, 0);
+        self.frame.extend_from_slice(plaintext);
+    }
+
+    /// Makes room in the frame buffer for `len` bytes of prefix and plaintext, and the final
+    /// frame's extra fields and tag after them. Growing moves the bytes to a larger allocation
+    /// by hand and wipes the old one (`Vec`'s own growth would free it with the plaintext in
+    /// it). The first frame's capacity doubles as it fills, so a small message holds a small
+    /// buffer; once a message has sealed a frame, each next one is sized whole at once.
+    fn reserve_frame(&mut self, len: usize) {
+        let needed = len + FINAL_FRAME_EXTRA + TAG_LEN;
+        if needed <= self.frame.capacity() {
+            return;
+        }
+        let whole =
+            FRAME_PREFIX + self.template.frame_length() as usize + FINAL_FRAME_EXTRA + TAG_LEN;
+        let capacity =
+            if self.sequence > 1 { whole } else { (self.frame.capacity() * 2).min(whole) }
+                .max(needed);
+        let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+        grown.extend_from_slice(&self.frame);
+        // The old buffer is wiped (its whole capacity) as it drops.
+        self.frame = grown;
+    }
+
+    /// Seals the frame gathered in the buffer (it holds plaintext) in place, and emits it:
+    /// as `out` itself when `out` is empty, appended to it otherwise.
+    fn seal_held(&mut self, is_final: bool, out: &mut Vec<u8>) -> Result<(), Error> {
+        let sequence = self.next_sequence()?;
+        let content_len = self.buffered_len();
+        let body = if is_final {
+            // The final frame has the end marker in front and its content length after the
+            // IV: move the content up to make room (once a message; the capacity is there).
+            let end = self.frame.len();
+            self.frame.resize(end + FINAL_FRAME_EXTRA, 0);
+            self.frame.copy_within(FRAME_PREFIX..end, FRAME_PREFIX + FINAL_FRAME_EXTRA);
+            self.frame[..4].copy_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
+            self.frame[4..8].copy_from_slice(&sequence.to_be_bytes());
+            self.frame[8..8 + IV_LEN].copy_from_slice(&format::frame_iv(sequence));
+            // At most frame_length ≤ 16 MiB.
+            let len = (content_len as u32).to_be_bytes();
+            self.frame[8 + IV_LEN..FRAME_PREFIX + FINAL_FRAME_EXTRA].copy_from_slice(&len);
+            FRAME_PREFIX + FINAL_FRAME_EXTRA
+        } else {
+            self.frame[..4].copy_from_slice(&sequence.to_be_bytes());
+            self.frame[4..FRAME_PREFIX].copy_from_slice(&format::frame_iv(sequence));
+            FRAME_PREFIX
+        };
+        let aad = format::frame_aad(&self.message_id, is_final, sequence, content_len as u64);
+        let tag = self
+            .keys
+            .content
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(format::frame_iv(sequence)),
+                Aad::from(aad),
+                &mut self.frame[body..],
+            )
+            .map_err(|_| Error::Internal("AES-GCM seal failed"))?;
+        // Within the capacity `reserve_frame` left.
+        self.frame.extend_from_slice(tag.as_ref());
+        if let Some((_, hash)) = &mut self.signer {
+            hash.update(&self.frame);
+        }
+        // Sealed: ciphertext only, which needs no wiping.
+        if out.is_empty() {
+            *out = std::mem::take(&mut *self.frame);
+        } else {
+            out.extend_from_slice(&self.frame);
+            self.frame.clear();
+        }
+        self.sequence = sequence.wrapping_add(1);
+        Ok(())
+    }
+
+    /// The next frame's sequence number.
+    ///
+    /// # Errors
+    /// [`Error::TooLong`] when the message has no more: the marker is not a sequence number,
+    /// and a final frame's number may be at most 2^32 − 2 so that the next regular one could
+    /// never be mistaken for it.
+    fn next_sequence(&self) -> Result<u32, Error> {
+        if self.sequence == FINAL_FRAME_MARKER {
+            return Err(Error::TooLong);
+        }
+        Ok(self.sequence)
     }
 
     /// Writes the header, the first time: the template with this message's id and
@@ -456,13 +549,10 @@ impl Encryptor {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let sequence = self.sequence;
-        // The marker is not a sequence number; a final frame's number may be at most
-        // 2^32 − 2 so that the next regular one could never be mistaken for it.
-        if sequence == FINAL_FRAME_MARKER {
-            return Err(Error::TooLong);
-        }
+        let sequence = self.next_sequence()?;
         let start = out.len();
+        let extra = if is_final { FINAL_FRAME_EXTRA } else { 0 };
+        out.reserve(FRAME_PREFIX + extra + plaintext.len() + TAG_LEN);
         if is_final {
             out.extend_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
         }

@@ -710,6 +710,20 @@ fn kagi_writes_the_golden_message_byte_for_byte() {
     let mut at_once = Vec::new();
     encryptor.finish_with(&plaintext, &mut at_once).expect("finish");
     assert_eq!(at_once, out);
+    // In small pieces, each into a fresh buffer as the proxy does (a frame gathered and sealed
+    // in place is handed over as the buffer itself), the same bytes again.
+    let prepared = PreparedEncryption::new(golden.context.clone(), options).expect("prepare");
+    let again = self::data_key(&keys.data_key, &keys.blob, &keys.key_arn);
+    let mut encryptor = prepared.start_with_message_id(again, GOLDEN_MESSAGE_ID).expect("start");
+    let mut pieces = Vec::new();
+    for piece in plaintext.chunks(7) {
+        let mut chunk = Vec::new();
+        encryptor.update(piece, &mut chunk).expect("update");
+        assert!(encryptor.buffered_len() <= golden.frame_length as usize);
+        pieces.extend_from_slice(&chunk);
+    }
+    encryptor.finish(&mut pieces).expect("finish");
+    assert_eq!(pieces, out);
     if std::env::var_os("KAGI_REGENERATE_GOLDENS").is_some() {
         std::fs::write(golden_dir().join(&golden.message_file), &out).expect("write golden");
         return;

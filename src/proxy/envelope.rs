@@ -480,10 +480,6 @@ impl Transform for Decryptor {
     }
 }
 
-/// What a transformed chunk may grow by: an encrypted message's header (with its one data
-/// key) and the frame overheads of one chunk fit in it.
-const OUTPUT_SLACK: usize = 1024;
-
 /// A body passed through a [`Transform`] frame by frame. A failure ends it with an error
 /// (which aborts a response, and fails a request before the upstream sees its end); the end
 /// reports the plaintext bytes (`plaintext_in`: counted on the input side, else the output).
@@ -583,9 +579,11 @@ impl<T: Transform> Body for Transformed<T> {
                     if self.plaintext_in {
                         self.bytes += data.len() as u64;
                     }
-                    // Room for the output at once: the chunk, and a header and frame
-                    // overheads when encrypting (decrypting gives back less than it takes).
-                    out.reserve(data.len() + OUTPUT_SLACK);
+                    // Decrypting gives back at most what it takes: room for it at once. The
+                    // encryptor sizes its own output (a sealed frame becomes `out` itself).
+                    if !self.plaintext_in {
+                        out.reserve(data.len());
+                    }
                     if self.inner.is_end_stream() {
                         // The last chunk (its length was declared): end now, so the rest of
                         // the message goes out with it, in one buffer.
