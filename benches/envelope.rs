@@ -7,13 +7,14 @@
 //! quick pass. The data key is fixed (no key service): this measures the format alone.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kagi::crypto::AesKey;
 use kagi::envelope::{
-    DataKey, DecryptOptions, Decryptor, EncryptOptions, EncryptionContext, PreparedEncryption,
-    Suite,
+    DataKey, DecryptOptions, Decryptor, EncryptOptions, EncryptionContext, Encryptor,
+    PreparedEncryption, Suite,
 };
 
 const KEY_ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000001";
@@ -82,6 +83,23 @@ fn envelope(c: &mut Criterion) {
                 b.iter(|| black_box(seal(suite, &plaintext)));
             });
             let message = seal(suite, &plaintext);
+            if suite == Suite::Aes256GcmHkdfSha512CommitKey {
+                // What an envelope route does per message with a cached data key: the header
+                // encoded once per data key, each message started from it and sealed at once.
+                let options = EncryptOptions { suite, ..EncryptOptions::default() };
+                let prepared = PreparedEncryption::new(context(), options).expect("prepare");
+                let template = Arc::new(prepared.template(&[7; 180], KEY_ARN).expect("template"));
+                let data_key = AesKey::from_slice(&DATA_KEY).expect("32 bytes");
+                group.bench_function(format!("encrypt_{label}_cached_data_key"), |b| {
+                    b.iter(|| {
+                        let encryptor = Encryptor::with_template(Arc::clone(&template), &data_key)
+                            .expect("start");
+                        let mut out = Vec::new();
+                        encryptor.finish_with(black_box(&plaintext), &mut out).expect("seal");
+                        out
+                    });
+                });
+            }
             group.bench_function(format!("decrypt_{label}"), |b| {
                 b.iter(|| black_box(open(&message)));
             });
