@@ -325,6 +325,8 @@ impl CachingKeys {
                 self.generate_data_key_with_usage(principal, key, prepared.kms_context()).await?;
             return Ok((prepared.start(data_key)?, usage));
         };
+        // What cannot be written is refused before a data key is made for it.
+        super::stream::check_request(context, options)?;
         let entry = self.encrypt_entry(id, principal, key, context).await?;
         let template = match entry.template.get() {
             Some(template)

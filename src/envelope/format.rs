@@ -438,6 +438,22 @@ pub fn encode_context(context: &EncryptionContext) -> Result<Vec<u8>, Error> {
     Ok(encoded)
 }
 
+/// The length of `context` serialized ([`encode_context`]), computed without serializing it.
+///
+/// # Errors
+/// As [`encode_context`].
+pub fn encoded_context_len(context: &EncryptionContext) -> Result<usize, Error> {
+    if !crate::keystore::ciphertext::check_context(context) {
+        return Err(Error::InvalidContext("a key or value is longer than 65535 bytes"));
+    }
+    let pairs: usize = context.iter().map(|(key, value)| 4 + key.len() + value.len()).sum();
+    let len = if context.is_empty() { 0 } else { 2 + pairs };
+    if len > usize::from(u16::MAX) {
+        return Err(Error::InvalidContext("longer than 65535 bytes serialized"));
+    }
+    Ok(len)
+}
+
 /// Parses a serialized encryption context. Duplicate keys and bytes left over are refused;
 /// the order of the pairs is not checked (the header tag covers the bytes as written).
 ///

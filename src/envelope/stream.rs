@@ -85,6 +85,20 @@ pub struct DecryptOptions {
     pub context: EncryptionContext,
 }
 
+/// Checks what a caller asks to encrypt with: a frame length in bounds, and a context without
+/// reserved keys that fits a header. [`PreparedEncryption::new`] does this; callers that start
+/// messages another way do it before asking for a data key.
+///
+/// # Errors
+/// [`Error::InvalidContext`], [`Error::InvalidFrameLength`].
+pub fn check_request(context: &EncryptionContext, options: EncryptOptions) -> Result<(), Error> {
+    format::check_frame_length(options.frame_length)?;
+    if context.keys().any(|key| key.starts_with(RESERVED_CONTEXT_PREFIX)) {
+        return Err(Error::InvalidContext("keys starting with aws-crypto- are reserved"));
+    }
+    format::encoded_context_len(context).map(drop)
+}
+
 // === impl PreparedEncryption ===
 
 /// An encryption waiting for its data key: the context to bind it to is known (for 0x0578 it
@@ -109,10 +123,7 @@ impl PreparedEncryption {
     /// [`Error::InvalidContext`] for a reserved key (`aws-crypto-…`) or a context too large
     /// for a header; [`Error::InvalidFrameLength`].
     pub fn new(mut context: EncryptionContext, options: EncryptOptions) -> Result<Self, Error> {
-        format::check_frame_length(options.frame_length)?;
-        if context.keys().any(|key| key.starts_with(RESERVED_CONTEXT_PREFIX)) {
-            return Err(Error::InvalidContext("keys starting with aws-crypto- are reserved"));
-        }
+        check_request(&context, options)?;
         let signer = if options.suite.is_signing() {
             let signer = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING)
                 .map_err(|_| Error::Internal("P-384 key generation failed"))?;
@@ -126,7 +137,7 @@ impl PreparedEncryption {
             None
         };
         // Refuse a context that cannot be written before a data key is made for it.
-        format::encode_context(&context)?;
+        format::encoded_context_len(&context)?;
         Ok(Self { options, context, signer })
     }
 
@@ -482,16 +493,8 @@ impl Encryptor {
             self.frame[4..FRAME_PREFIX].copy_from_slice(&format::frame_iv(sequence));
             FRAME_PREFIX
         };
-        let aad = format::frame_aad(&self.message_id, is_final, sequence, content_len as u64);
-        let tag = self
-            .keys
-            .content
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(format::frame_iv(sequence)),
-                Aad::from(aad),
-                &mut self.frame[body..],
-            )
-            .map_err(|_| Error::Internal("AES-GCM seal failed"))?;
+        let content = &mut self.frame[body..];
+        let tag = seal_content(&self.keys, &self.message_id, is_final, sequence, content)?;
         // Within the capacity `reserve_frame` left.
         self.frame.extend_from_slice(tag.as_ref());
         if let Some((_, hash)) = &mut self.signer {
@@ -564,16 +567,7 @@ impl Encryptor {
         }
         let body = out.len();
         out.extend_from_slice(plaintext);
-        let aad = format::frame_aad(&self.message_id, is_final, sequence, plaintext.len() as u64);
-        let tag = self
-            .keys
-            .content
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(format::frame_iv(sequence)),
-                Aad::from(aad),
-                &mut out[body..],
-            )
-            .map_err(|_| Error::Internal("AES-GCM seal failed"))?;
+        let tag = seal_content(&self.keys, &self.message_id, is_final, sequence, &mut out[body..])?;
         out.extend_from_slice(tag.as_ref());
         if let Some((_, hash)) = &mut self.signer {
             hash.update(&out[start..]);
@@ -581,6 +575,25 @@ impl Encryptor {
         self.sequence = sequence.wrapping_add(1);
         Ok(())
     }
+}
+
+/// Seals the content of frame `sequence` of the message `message_id` in place; returns its
+/// tag.
+fn seal_content(
+    keys: &MessageKeys,
+    message_id: &[u8; MESSAGE_ID_LEN],
+    is_final: bool,
+    sequence: u32,
+    content: &mut [u8],
+) -> Result<aws_lc_rs::aead::Tag, Error> {
+    let aad = format::frame_aad(message_id, is_final, sequence, content.len() as u64);
+    keys.content
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(format::frame_iv(sequence)),
+            Aad::from(aad),
+            content,
+        )
+        .map_err(|_| Error::Internal("AES-GCM seal failed"))
 }
 
 // === impl Decryptor ===

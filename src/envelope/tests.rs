@@ -797,3 +797,16 @@ fn the_keystore_key_service_authorizes_the_principal() {
     assert_eq!(opened.expose_secret(), body);
     assert_eq!(block_on(keys.key_arn("proxy", &key.record.id)).expect("resolves"), key.arn);
 }
+
+#[test]
+fn the_context_length_is_that_of_its_encoding() {
+    for pairs in [&[][..], &[("a", "")], &[("tenant", "acme"), ("purpose", "golden")]] {
+        let context = context(pairs);
+        let encoded = format::encode_context(&context).expect("encodes");
+        assert_eq!(format::encoded_context_len(&context).expect("fits"), encoded.len());
+    }
+    let huge = context(&[("k", &"v".repeat(65_529))]);
+    assert!(matches!(format::encoded_context_len(&huge), Err(Error::InvalidContext(_))));
+    let fits = context(&[("k", &"v".repeat(65_528))]);
+    assert_eq!(format::encoded_context_len(&fits).expect("fits"), usize::from(u16::MAX));
+}

@@ -666,6 +666,14 @@ async fn messages_of_a_cached_data_key_share_its_header() {
     let reserved = EncryptRequest::new(ALICE, "k1", context(&[("aws-crypto-x", "y")]));
     let refused = h.cache.start_encryption(&reserved, EncryptOptions::default()).await;
     assert!(matches!(refused, Err(Error::InvalidContext(_))));
+    assert_eq!(h.keys.generated(), 3);
+    let huge = EncryptRequest::new(ALICE, "k1", context(&[("k", &"v".repeat(70_000))]));
+    let refused = h.cache.start_encryption(&huge, EncryptOptions::default()).await;
+    assert!(matches!(refused, Err(Error::InvalidContext(_))));
+    let bad_frames = EncryptOptions { frame_length: 0, ..EncryptOptions::default() };
+    let refused = h.cache.start_encryption(&request, bad_frames).await;
+    assert!(matches!(refused, Err(Error::InvalidFrameLength(0))));
+    assert_eq!(h.keys.generated(), 3);
 }
 
 #[tokio::test(start_paused = true)]
