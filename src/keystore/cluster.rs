@@ -12,10 +12,13 @@ use std::time::Duration;
 use super::{Error, Keystore};
 
 impl Keystore {
-    /// Reads the change feed every `interval`, forever, dropping cached keys and aliases that
-    /// changed (on any node) and telling the observer. Failures are logged once per outage.
-    pub async fn follow_changes(&self, interval: Duration) {
-        let mut cursor = None;
+    /// Reads the change feed every `interval`, forever, from `cursor` (what
+    /// [`Keystore::apply_changes`] answered at start-up, so that every change after it is
+    /// seen; `None`: from wherever the feed stands at the first read), dropping cached keys and
+    /// aliases that changed (on any node) and telling the observer. Failures are logged once
+    /// per outage.
+    pub async fn follow_changes(&self, interval: Duration, cursor: Option<i64>) {
+        let mut cursor = cursor;
         let mut failing = false;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

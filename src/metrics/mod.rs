@@ -9,6 +9,7 @@
 //! | proxy | `kagi_proxy_*`, `kagi_config_*` (`proxy.rs`) | the proxy per request and connection, the reloader |
 //! | keys | `kagi_key_*`, `kagi_keys`, `kagi_audit_*` (`keys.rs`) | the API (per key), the keystore through [`KeyObserver`], and [`Metrics::scrape`] (gauges from the inventory) |
 //! | envelope | `kagi_envelope_*` (`envelope.rs`) | the proxy per body, the data-key cache (`envelope::cache`) per lookup and eviction |
+//! | shared store | `kagi_store_changes_applied_total` | the keystore's change-feed follower through [`KeyObserver::changed_elsewhere`] |
 //! | process | `kagi_memory_locked` | set once from `hardening::memory_lock` |
 //!
 //! TLS, envelope and proxy families come as their own `XxxMetrics` beside `KeyMetrics`,
@@ -39,6 +40,8 @@ pub struct Metrics {
     api_duration: HistogramVec,
     api_throttled: IntCounterVec,
     api_access_denied: IntCounterVec,
+    /// Change-feed entries applied, by kind (`key`, `other`).
+    store_changes: [prometheus::IntCounter; 2],
     keys: KeyMetrics,
     envelope: EnvelopeMetrics,
     proxy: ProxyMetrics,
@@ -118,6 +121,18 @@ impl Metrics {
         .expect("valid metric");
         fips_mode.set(i64::from(crate::crypto::FIPS && crate::crypto::check_fips_mode().is_ok()));
         registry.register(Box::new(fips_mode)).expect("registered once");
+        let store_changes = IntCounterVec::new(
+            Opts::new(
+                "kagi_store_changes_applied_total",
+                "Entries of a shared store's change feed this node applied, dropping what it had \
+                 cached: kind=\"key\" for a key changed (by any node, this one included), \
+                 kind=\"other\" for aliases, or everything when the node fell behind the feed.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(store_changes.clone())).expect("registered once");
+        let store_changes = ["key", "other"].map(|kind| store_changes.with_label_values(&[kind]));
         let keys = KeyMetrics::register(&registry);
         let envelope = EnvelopeMetrics::register(&registry);
         let proxy = ProxyMetrics::register(&registry);
@@ -131,6 +146,7 @@ impl Metrics {
             api_duration,
             api_throttled,
             api_access_denied,
+            store_changes,
             keys,
             envelope,
             scrape_lock: tokio::sync::Mutex::new(()),
@@ -225,6 +241,10 @@ impl KeyObserver for Metrics {
     fn handshake_signed(&self, key_id: &str, spec: crate::keystore::KeySpec, outcome: &str) {
         self.keys.handshake_signed(key_id, spec, outcome);
     }
+
+    fn changed_elsewhere(&self, key_arn: Option<&str>) {
+        self.store_changes[usize::from(key_arn.is_none())].inc();
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +262,16 @@ mod tests {
         );
         assert!(text.contains(r#"kagi_api_request_duration_seconds_count{operation="Encrypt"} 2"#));
         assert!(text.contains("# HELP kagi_api_requests_total"));
+    }
+
+    #[test]
+    fn applied_store_changes_are_counted_by_kind() {
+        let metrics = Metrics::new();
+        metrics.changed_elsewhere(Some("arn:aws:kms:us-east-1:111122223333:key/k1"));
+        metrics.changed_elsewhere(Some("arn:aws:kms:us-east-1:111122223333:key/k2"));
+        metrics.changed_elsewhere(None);
+        let text = metrics.render();
+        assert!(text.contains(r#"kagi_store_changes_applied_total{kind="key"} 2"#), "{text}");
+        assert!(text.contains(r#"kagi_store_changes_applied_total{kind="other"} 1"#), "{text}");
     }
 }

@@ -177,8 +177,11 @@ pub async fn serve(
     let shared = config.store.poll_interval();
     tokio::spawn(sweep_loop(Arc::clone(&keystore), config.sweep_interval, shared.is_some()));
     if let Some(interval) = shared {
+        // Where the feed stands before this node answers anything: every change after it,
+        // this node's own included, reaches the follower.
+        let cursor = keystore.apply_changes(None).await.ok();
         let follower = Arc::clone(&keystore);
-        tokio::spawn(async move { follower.follow_changes(interval).await });
+        tokio::spawn(async move { follower.follow_changes(interval, cursor).await });
     }
     tokio::spawn(purge_loop(Arc::clone(&keys)));
     let (stop_api, api_stopped) = watch::channel(false);

@@ -291,6 +291,18 @@ async fn the_database_going_away_fails_changes_fast_and_keeps_loaded_keys_servin
     let TwoNodes { _dir: _dir_guard, a_dir: _a, b_dir: _b, a, b } = two_nodes(&pg);
     let mut on_a = a.client(HttpVersion::Http1, &ADMIN).await;
     let key = create_key(&mut on_a).await;
+    // The change feed echoes the creation back to a, which drops the key from its cache
+    // then: wait for that, so the key a loads next stays loaded through the outage.
+    let admin = a.ready.admin.to_string();
+    eventually!("a applied the creation from the change feed", "yes", {
+        let metrics = crate::support::http_get(&admin, "/metrics");
+        let applied = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(r#"kagi_store_changes_applied_total{kind="key"} "#))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if applied >= 1 { "yes" } else { "no" }.to_owned()
+    });
     encrypt(&mut on_a, &key).await.expect("loads the key on a");
 
     // Load throughout: Encrypt with the loaded key on a, counting failures.
