@@ -195,8 +195,7 @@ pub struct EncryptRequest {
 impl EncryptRequest {
     /// A request of `principal` for data keys under `key` bound to `context`.
     pub fn new(principal: &str, key: &str, context: EncryptionContext) -> Self {
-        let id = (!context.contains_key(PUBLIC_KEY_CONTEXT_KEY))
-            .then(|| cache_id(Direction::Encrypt, principal, key, &context, &[]));
+        let id = encrypt_cache_id(principal, key, &context);
         Self { principal: principal.to_owned(), key: key.to_owned(), context, id }
     }
 
@@ -269,11 +268,10 @@ impl CachingKeys {
         key: &str,
         context: &EncryptionContext,
     ) -> Result<(DataKey, DataKeyUsage), KeyServiceError> {
-        if context.contains_key(PUBLIC_KEY_CONTEXT_KEY) {
+        let Some(id) = encrypt_cache_id(principal, key, context) else {
             let data_key = self.inner.generate_data_key(principal, key, context).await?;
             return Ok((data_key, DataKeyUsage::default()));
-        }
-        let id = cache_id(Direction::Encrypt, principal, key, context, &[]);
+        };
         self.generate_cached(id, principal, key, context).await
     }
 
@@ -306,9 +304,8 @@ impl CachingKeys {
         context: &EncryptionContext,
         options: EncryptOptions,
     ) -> Result<(Encryptor, DataKeyUsage), Error> {
-        let id = (!context.contains_key(PUBLIC_KEY_CONTEXT_KEY))
-            .then(|| cache_id(Direction::Encrypt, principal, key, context, &[]));
-        self.start_with(id, principal, key, context, options).await
+        self.start_with(encrypt_cache_id(principal, key, context), principal, key, context, options)
+            .await
     }
 
     async fn start_with(
@@ -585,6 +582,13 @@ fn revocation(operation: &str) -> Option<Revokes> {
 
 /// An entry's name: SHA-384 over its fields.
 type CacheId = [u8; 48];
+
+/// The encrypt entry of `principal`'s data keys under `key` for `context`; `None` for a
+/// context that is never cached (one holding a signing key's public key: each message's own).
+fn encrypt_cache_id(principal: &str, key: &str, context: &EncryptionContext) -> Option<CacheId> {
+    (!context.contains_key(PUBLIC_KEY_CONTEXT_KEY))
+        .then(|| cache_id(Direction::Encrypt, principal, key, context, &[]))
+}
 
 /// The SHA-384 of the direction and each field, length-prefixed.
 fn cache_id(

@@ -475,24 +475,16 @@ impl Encryptor {
     fn seal_held(&mut self, is_final: bool, out: &mut Vec<u8>) -> Result<(), Error> {
         let sequence = self.next_sequence()?;
         let content_len = self.buffered_len();
-        let body = if is_final {
-            // The final frame has the end marker in front and its content length after the
-            // IV: move the content up to make room (once a message; the capacity is there).
+        let (prefix, body) = frame_prefix(is_final, sequence, content_len);
+        if is_final {
+            // The final frame's prefix is longer (the end marker in front, the content length
+            // after the IV): move the content up to make room (once a message; the capacity
+            // is there).
             let end = self.frame.len();
             self.frame.resize(end + FINAL_FRAME_EXTRA, 0);
-            self.frame.copy_within(FRAME_PREFIX..end, FRAME_PREFIX + FINAL_FRAME_EXTRA);
-            self.frame[..4].copy_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
-            self.frame[4..8].copy_from_slice(&sequence.to_be_bytes());
-            self.frame[8..8 + IV_LEN].copy_from_slice(&format::frame_iv(sequence));
-            // At most frame_length ≤ 16 MiB.
-            let len = (content_len as u32).to_be_bytes();
-            self.frame[8 + IV_LEN..FRAME_PREFIX + FINAL_FRAME_EXTRA].copy_from_slice(&len);
-            FRAME_PREFIX + FINAL_FRAME_EXTRA
-        } else {
-            self.frame[..4].copy_from_slice(&sequence.to_be_bytes());
-            self.frame[4..FRAME_PREFIX].copy_from_slice(&format::frame_iv(sequence));
-            FRAME_PREFIX
-        };
+            self.frame.copy_within(FRAME_PREFIX..end, body);
+        }
+        self.frame[..body].copy_from_slice(&prefix[..body]);
         let content = &mut self.frame[body..];
         let tag = seal_content(&self.keys, &self.message_id, is_final, sequence, content)?;
         // Within the capacity `reserve_frame` left.
@@ -554,17 +546,9 @@ impl Encryptor {
     ) -> Result<(), Error> {
         let sequence = self.next_sequence()?;
         let start = out.len();
-        let extra = if is_final { FINAL_FRAME_EXTRA } else { 0 };
-        out.reserve(FRAME_PREFIX + extra + plaintext.len() + TAG_LEN);
-        if is_final {
-            out.extend_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
-        }
-        out.extend_from_slice(&sequence.to_be_bytes());
-        out.extend_from_slice(&format::frame_iv(sequence));
-        if is_final {
-            // At most frame_length ≤ 16 MiB.
-            out.extend_from_slice(&(plaintext.len() as u32).to_be_bytes());
-        }
+        let (prefix, prefix_len) = frame_prefix(is_final, sequence, plaintext.len());
+        out.reserve(prefix_len + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&prefix[..prefix_len]);
         let body = out.len();
         out.extend_from_slice(plaintext);
         let tag = seal_content(&self.keys, &self.message_id, is_final, sequence, &mut out[body..])?;
@@ -575,6 +559,29 @@ impl Encryptor {
         self.sequence = sequence.wrapping_add(1);
         Ok(())
     }
+}
+
+/// The fields of frame `sequence` before its `content_len` bytes of content, and how many of
+/// the returned bytes they are: sequence number and IV, and for the final frame the end marker
+/// in front and the content length after.
+fn frame_prefix(
+    is_final: bool,
+    sequence: u32,
+    content_len: usize,
+) -> ([u8; FRAME_PREFIX + FINAL_FRAME_EXTRA], usize) {
+    let mut prefix = [0u8; FRAME_PREFIX + FINAL_FRAME_EXTRA];
+    let fields = if is_final { 4 } else { 0 };
+    if is_final {
+        prefix[..4].copy_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
+    }
+    prefix[fields..fields + 4].copy_from_slice(&sequence.to_be_bytes());
+    prefix[fields + 4..fields + FRAME_PREFIX].copy_from_slice(&format::frame_iv(sequence));
+    if !is_final {
+        return (prefix, FRAME_PREFIX);
+    }
+    // At most frame_length ≤ 16 MiB.
+    prefix[fields + FRAME_PREFIX..].copy_from_slice(&(content_len as u32).to_be_bytes());
+    (prefix, FRAME_PREFIX + FINAL_FRAME_EXTRA)
 }
 
 /// Seals the content of frame `sequence` of the message `message_id` in place; returns its
