@@ -199,7 +199,7 @@ impl Config {
 impl Config {
     /// The settings that differ in `new` but take effect only on a restart, by name: the
     /// keystore (data directory, backend, region, account, root passphrase), the API and admin
-    /// addresses, the audit trail, the webhooks and `[security]`. Everything else reloads: principals and
+    /// addresses, the audit trail, the webhooks, `[security]` and the proxy's worker count. Everything else reloads: principals and
     /// quotas, the API's certificates, and the proxy's listeners, upstreams and routes.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let mut changed = Vec::new();
@@ -216,6 +216,7 @@ impl Config {
             ("[audit]", self.audit != new.audit),
             ("[[webhooks]]", self.webhooks != new.webhooks),
             ("[security] lock_memory", self.lock_memory != new.lock_memory),
+            ("[proxy] workers", self.proxy.workers != new.proxy.workers),
         ];
         for (name, differs) in checks {
             if differs {
@@ -239,6 +240,7 @@ impl Config {
         self.audit = running.audit.clone();
         self.webhooks.clone_from(&running.webhooks);
         self.lock_memory = running.lock_memory;
+        self.proxy.workers = running.proxy.workers;
     }
 }
 

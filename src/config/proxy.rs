@@ -26,6 +26,9 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// The access log.
     pub access_log: AccessLogConfig,
+    /// Worker threads that serve the listeners' connections (restart only); 0 in a
+    /// configuration built by hand means one.
+    pub workers: usize,
 }
 
 /// Where the access log goes and how it reads.
@@ -226,6 +229,11 @@ const FAIL_TIMEOUT_MS: u64 = 10_000;
 const MAX_IDLE_PER_TARGET: u64 = 64;
 const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
+/// One proxy worker per CPU the process may use.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 impl Builder<'_> {
     /// Builds and cross-checks the proxy's tables. `taken` holds the addresses other
     /// listeners (API, admin) use.
@@ -239,9 +247,12 @@ impl Builder<'_> {
     ) -> Result<ProxyConfig, ConfigError> {
         let mut config = ProxyConfig {
             drain_timeout: Duration::from_millis(DRAIN_TIMEOUT_MS),
+            workers: default_workers(),
             ..ProxyConfig::default()
         };
         if let Some(proxy) = proxy {
+            let workers = self.count(proxy.workers.as_ref(), config.workers as u64, 1, 256)?;
+            config.workers = usize::try_from(workers).unwrap_or(1);
             if let Some(ms) = &proxy.drain_timeout_ms {
                 config.drain_timeout = self.millis(ms, 0, 3_600_000)?;
             }

@@ -51,6 +51,8 @@ pub struct Proxy {
     pub access_log_format: Option<Spanned<String>>,
     /// A file the access log is appended to; `-` or absent: standard output.
     pub access_log: Option<Spanned<String>>,
+    /// Worker threads serving the listeners' connections (default: one per CPU).
+    pub workers: Option<Spanned<u64>>,
 }
 
 /// `[[listeners]]`.

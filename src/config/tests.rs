@@ -169,6 +169,7 @@ fn the_commented_example_is_complete_and_valid() {
         "[[webhooks]]",
         "lock_memory",
         "drain_timeout_ms",
+        "workers",
         "access_log_format",
         "client_ca",
         "max_connections",

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::idle::{Activity, IdleIo, InFlight};
+use super::workers::Workers;
 use super::{BoxError, Connection, ListenerState, ProxyBody, Snapshot};
 use crate::config::ProxyConfig;
 use crate::keystore::Keystore;
@@ -64,6 +65,7 @@ struct Shared {
     metrics: ProxyMetrics,
     tls_metrics: TlsMetrics,
     drain: Arc<Drain>,
+    workers: Workers,
 }
 
 /// A running listener.
@@ -93,8 +95,9 @@ impl Listeners {
         metrics: ProxyMetrics,
         tls_metrics: TlsMetrics,
         drain: Arc<Drain>,
+        workers: Workers,
     ) -> Self {
-        let shared = Shared { snapshots, keystore, metrics, tls_metrics, drain };
+        let shared = Shared { snapshots, keystore, metrics, tls_metrics, drain, workers };
         Self { shared: Arc::new(shared), running: HashMap::new() }
     }
 
@@ -214,11 +217,27 @@ async fn accept_loop(
         refusing = false;
         let Some(watcher) = shared.drain.watcher() else { break };
         let _ = stream.set_nodelay(true);
+        // Registered again on the worker's own runtime.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(target: "kagi::proxy", listener = %name, %peer, %error, "accepted connection lost");
+                continue;
+            }
+        };
         let guard = OpenGuard::new(&open, &shared.metrics, &name);
-        let shared = Arc::clone(&shared);
+        let connection = Arc::clone(&shared);
         let name = name.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, peer, snapshot, state, &name, &shared, watcher).await;
+        shared.workers.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    serve_connection(stream, peer, snapshot, state, &name, &connection, watcher)
+                        .await;
+                }
+                Err(error) => {
+                    tracing::debug!(target: "kagi::proxy", listener = %name, %peer, %error, "accepted connection lost");
+                }
+            }
             drop(guard);
         });
     }

@@ -23,6 +23,7 @@ mod headers;
 mod idle;
 mod listener;
 mod upstream;
+mod workers;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ pub use envelope::Keys;
 pub(crate) use listener::limit_http2;
 pub use listener::{Bound, Drain, Listeners};
 pub use upstream::{Pool, ProxyBody, UpstreamError};
+pub use workers::Workers;
 
 use crate::config::{HostHeader, ListenerConfig, ProxyConfig, RouteConfig, UpstreamProtocol};
 use crate::envelope::EncryptRequest;

@@ -110,7 +110,8 @@ pub struct Target {
     pub address: String,
     /// Milliseconds since the pool's epoch until which the target is skipped (0: healthy).
     down_until: AtomicU64,
-    idle: Mutex<VecDeque<http1::SendRequest<ProxyBody>>>,
+    /// Idle HTTP/1.1 connections, each with the worker whose runtime drives it.
+    idle: Mutex<VecDeque<(usize, http1::SendRequest<ProxyBody>)>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
@@ -295,8 +296,12 @@ impl Pool {
             .await
             .map_err(|error| classify(&target.address, &error))?;
         let (parts, body) = response.into_parts();
-        let give_back = (!upgrade && self.config.max_idle_per_target > 0)
-            .then(|| (sender, Arc::clone(target), self.config.max_idle_per_target));
+        let give_back = (!upgrade && self.config.max_idle_per_target > 0).then(|| Pooled {
+            sender,
+            target: Arc::clone(target),
+            worker: super::workers::current(),
+            max_idle: self.config.max_idle_per_target,
+        });
         Ok(http::Response::from_parts(
             parts,
             UnsyncBoxBody::new(PooledBody { inner: body, give_back }),
@@ -401,30 +406,43 @@ impl Pool {
 }
 
 impl Target {
-    /// The most recently used idle connection that is ready for a request, else the most
-    /// recently used one not known to be closed (its connection may still be finishing the
-    /// last response: the caller waits on `ready()`), if any.
+    /// The calling worker's most recently used idle connection that is ready for a request,
+    /// else its most recently used one not known to be closed (its connection may still be
+    /// finishing the last response: the caller waits on `ready()`), if any. Another worker's
+    /// connection is never taken: its task runs on that worker, and each request would hop
+    /// there and back; a new connection costs less than that over its life.
     fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let here = super::workers::current();
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.retain(|sender| !sender.is_closed());
-        match idle.iter().rposition(http1::SendRequest::is_ready) {
-            Some(ready) => idle.remove(ready),
-            None => idle.pop_back(),
-        }
+        idle.retain(|(_, sender)| !sender.is_closed());
+        let ready = idle.iter().rposition(|(worker, sender)| *worker == here && sender.is_ready());
+        let taken = ready.or_else(|| idle.iter().rposition(|(worker, _)| *worker == here))?;
+        idle.remove(taken).map(|(_, sender)| sender)
     }
+}
 
-    /// Keeps `sender` for the next request. Its connection may still be finishing the response
-    /// (hyper marks it ready a moment later): the next user waits on `ready()`.
-    fn give_back(&self, sender: http1::SendRequest<ProxyBody>, max_idle: usize) {
-        if sender.is_closed() {
+/// An HTTP/1.1 connection on its way back to its target's idle list.
+struct Pooled {
+    sender: http1::SendRequest<ProxyBody>,
+    target: Arc<Target>,
+    /// The worker whose runtime drives the connection.
+    worker: usize,
+    max_idle: usize,
+}
+
+impl Pooled {
+    /// Keeps the connection for the next request of its worker. It may still be finishing the
+    /// response (hyper marks it ready a moment later): the next user waits on `ready()`.
+    fn give_back(self) {
+        if self.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() >= max_idle {
+        let mut idle = self.target.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() >= self.max_idle {
             // Drop the oldest: it is the likeliest to have been closed by the target.
             idle.pop_front();
         }
-        idle.push_back(sender);
+        idle.push_back((self.worker, self.sender));
     }
 }
 
@@ -465,13 +483,13 @@ fn classify(target: &str, error: &hyper::Error) -> UpstreamError {
 /// A response body that gives its HTTP/1.1 connection back to the pool once read to the end.
 struct PooledBody {
     inner: Incoming,
-    give_back: Option<(http1::SendRequest<ProxyBody>, Arc<Target>, usize)>,
+    give_back: Option<Pooled>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, target, max_idle)) = self.give_back.take() {
-            target.give_back(sender, max_idle);
+        if let Some(pooled) = self.give_back.take() {
+            pooled.give_back();
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::keystore::observe::{KeyObserver, Observers};
 use crate::keystore::{Keystore, OpContext};
 use crate::metrics::{HandshakeOutcome, Metrics};
 use crate::notify::Notifier;
-use crate::proxy::{Drain, Listeners, Snapshot};
+use crate::proxy::{Drain, Listeners, Snapshot, Workers};
 use crate::tls::{SessionState, SniResolver};
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -146,12 +146,15 @@ pub async fn serve(
         None => None,
     };
     let drain = Arc::new(Drain::new());
+    let workers = Workers::start(config.proxy.workers)
+        .map_err(|e| ServeError(format!("cannot start the proxy's workers: {e}")))?;
     let mut listeners = Listeners::new(
         snapshots_rx,
         Arc::clone(&keystore),
         metrics.proxy().clone(),
         metrics.tls().clone(),
         Arc::clone(&drain),
+        workers,
     );
     let bound = listeners.bind(&config.proxy).await.map_err(ServeError)?;
     listeners.start(&config.proxy, bound);
