@@ -352,7 +352,7 @@ fn leaf_of(kagi: &Kagi, name: &str) -> CertificateDer<'static> {
 
 fn proxy_config(kagi: &Kagi, store: SocketAddr, echo: SocketAddr, extra: &str) -> String {
     format!(
-        "{head}[proxy]\naccess_log = {log:?}\n\n\
+        "{head}[proxy]\naccess_log = {log:?}\nworkers = 2\n\n\
          [[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\ncertificates = [\"web\", \"other\"]\n\n\
          [[upstreams]]\nname = \"store\"\ntargets = [\"{store}\"]\n\n\
          [[upstreams]]\nname = \"echo\"\ntargets = [\"{echo}\"]\nprotocol = \"http2\"\n\n\
@@ -431,8 +431,9 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
         let answer =
             send(&tls, address, Some("localhost"), get("localhost", "/objects/a")).await.unwrap();
         assert_eq!(answer.body, Bytes::from_static(b"stored through kagi"));
-        // Kept-alive connections to the upstream are reused: twenty requests, one connection
-        // or two (the previous ones' may still be finishing), not twenty.
+        // Kept-alive connections to the upstream are reused: twenty requests (each on a new
+        // client connection, handed to the two workers in turn), at most two connections per
+        // worker (the previous one may still be finishing), not twenty.
         let opened = |serve_admin: &str| {
             let text = http_get(serve_admin, "/metrics");
             text.lines()
@@ -451,11 +452,8 @@ fn requests_are_routed_by_host_and_path_with_clean_headers_over_both_versions() 
                 .unwrap();
             assert_eq!(answer.status, 200);
         }
-        assert!(
-            opened(&admin) - before <= 2.0,
-            "{} connections for 20 requests",
-            opened(&admin) - before
-        );
+        let opened = opened(&admin) - before;
+        assert!(opened <= 4.0, "{opened} connections for 20 requests");
         // A streamed response larger than any buffer arrives whole.
         let answer = send(&tls, address, Some("localhost"), get("localhost", "/bytes?n=5000000"))
             .await
