@@ -6,7 +6,7 @@
 #          Decrypt;
 #   plain: no envelope (passthrough).
 # Both: access log off, HTTP/1.1 pooled keep-alive connections to the upstream, kagi's default
-# 2-worker tokio runtime, max_body_bytes 2 GiB. Plain HTTP isolates the envelope's cost from TLS.
+# default proxy workers (one per CPU: 2), max_body_bytes 2 GiB. Plain HTTP isolates the envelope's cost from TLS.
 #
 #   bench/envelope_vs_passthrough.sh [SECONDS] [ROUNDS] [CONNECTIONS]
 #

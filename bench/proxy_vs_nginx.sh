@@ -5,7 +5,7 @@
 # `proxy_http_version 1.1`, `keepalive 64`), X-Forwarded-For/Proto/Host set by both, no access log
 # (nginx: `access_log off`; kagi: `access_log = "off"`), request bodies streamed (nginx: `proxy_request_buffering off`,
 # `client_body_buffer_size 1m`), no per-connection request limit (nginx: `keepalive_requests`),
-# 2 nginx worker processes and kagi's default multi-thread tokio runtime (a worker per core: 2).
+# 2 nginx worker processes and kagi's default proxy workers (one single-threaded runtime per core: 2).
 # kagi's key is in its keystore (`kagi certs ca create` + `kagi certs issue`); nginx reads an
 # openssl-made key file. Session tickets on both, as by default; no client here resumes.
 #

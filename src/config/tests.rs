@@ -43,6 +43,18 @@ fn a_minimal_file_takes_defaults() {
     assert_eq!(config.partition.region, "us-east-1");
     assert_eq!(config.quotas, Quotas::default());
     assert!(config.admin.is_none() && config.api.certificate.is_none());
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(config.proxy.workers, cpus, "one proxy worker per CPU");
+}
+
+#[test]
+fn the_proxy_worker_count_is_restart_only() {
+    let running = parse(MINIMAL).unwrap();
+    let mut new = parse(&format!("{MINIMAL}[proxy]\nworkers = 7\n")).unwrap();
+    assert_eq!(new.proxy.workers, 7);
+    assert_eq!(running.restart_only_changes(&new), ["[proxy] workers"]);
+    new.keep_restart_only(&running);
+    assert_eq!(new.proxy.workers, running.proxy.workers);
 }
 
 #[test]
@@ -78,6 +90,7 @@ fn errors_name_the_line() {
         (format!("{MINIMAL}[api\n"), 7, ""),
         (format!("{MINIMAL}[audit]\nencryption_context = \"all\"\n"), 8, "keys-only, as-given"),
         (format!("{MINIMAL}[audit]\ntimeout_ms = 0\n"), 8, "timeout_ms"),
+        (format!("{MINIMAL}[proxy]\nworkers = 0\n"), 8, "must be 1 to 256"),
     ];
     for (text, line, needle) in cases {
         let error = parse(&text).unwrap_err().to_string();
