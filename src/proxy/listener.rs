@@ -226,12 +226,12 @@ async fn accept_loop(
             }
         };
         let guard = OpenGuard::new(&open, &shared.metrics, &name);
-        let connection = Arc::clone(&shared);
+        let on_worker = Arc::clone(&shared);
         let name = name.clone();
         shared.workers.spawn(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
-                    serve_connection(stream, peer, snapshot, state, &name, &connection, watcher)
+                    serve_connection(stream, peer, snapshot, state, &name, &on_worker, watcher)
                         .await;
                 }
                 Err(error) => {
