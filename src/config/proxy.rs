@@ -115,7 +115,8 @@ pub struct UpstreamTls {
 pub enum UpstreamProtocol {
     /// HTTP/1.1 (pooled keep-alive connections).
     Http1,
-    /// HTTP/2 (one multiplexed connection per target; prior knowledge without TLS).
+    /// HTTP/2 (one multiplexed connection per target and proxy worker; prior knowledge without
+    /// TLS).
     Http2,
 }
 

@@ -7,9 +7,12 @@
 //! than its targets do. A failure is answered at once (502, or 504 for a timeout): the body of
 //! a request streams to the upstream as it arrives, so it cannot be replayed to another target.
 //!
-//! HTTP/1.1: idle connections are pooled per target (up to `max_idle_per_target`); a
-//! connection goes back to the pool when its response body has been read to the end, and is
-//! dropped otherwise. HTTP/2: one multiplexed connection per target, re-opened when it closes.
+//! Each connection is driven by a task on the proxy worker that opened it, and serves only
+//! that worker's requests (`super::workers`), so a request never hops between threads.
+//! HTTP/1.1: idle connections are pooled per target (up to `max_idle_per_target`, all workers
+//! together); a connection goes back to the pool when its response body has been read to the
+//! end, and is dropped otherwise. HTTP/2: one multiplexed connection per target and worker,
+//! re-opened when it closes.
 //! Upgraded requests (WebSocket) get a connection of their own that is never pooled.
 
 use std::collections::VecDeque;
@@ -112,7 +115,8 @@ pub struct Target {
     down_until: AtomicU64,
     /// Idle HTTP/1.1 connections, each with the worker whose runtime drives it.
     idle: Mutex<VecDeque<(usize, http1::SendRequest<ProxyBody>)>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// The HTTP/2 connection of each worker that has one.
+    h2: tokio::sync::Mutex<Vec<(usize, http2::SendRequest<ProxyBody>)>>,
 }
 
 /// A response from a target, and the target that gave it.
@@ -164,7 +168,7 @@ impl Pool {
                     address: address.clone(),
                     down_until: AtomicU64::new(0),
                     idle: Mutex::new(VecDeque::new()),
-                    h2: tokio::sync::Mutex::new(None),
+                    h2: tokio::sync::Mutex::new(Vec::new()),
                 })
             })
             .collect();
@@ -313,13 +317,15 @@ impl Pool {
         target: &Arc<Target>,
         request: http::Request<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, UpstreamError> {
+        let here = super::workers::current();
         let mut sender = {
-            let mut shared = target.h2.lock().await;
-            match shared.as_ref() {
-                Some(sender) if !sender.is_closed() => sender.clone(),
-                _ => {
+            let mut connections = target.h2.lock().await;
+            connections.retain(|(_, sender)| !sender.is_closed());
+            match connections.iter().find(|(worker, _)| *worker == here) {
+                Some((_, sender)) => sender.clone(),
+                None => {
                     let sender = self.connect_h2(target).await?;
-                    *shared = Some(sender.clone());
+                    connections.push((here, sender.clone()));
                     sender
                 }
             }
