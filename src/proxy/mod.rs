@@ -44,7 +44,7 @@ pub use envelope::Keys;
 pub(crate) use listener::limit_http2;
 pub use listener::{Bound, Drain, Listeners};
 pub use upstream::{Pool, ProxyBody, UpstreamError};
-pub use workers::Workers;
+pub use workers::{WorkerThreads, Workers};
 
 use crate::config::{HostHeader, ListenerConfig, ProxyConfig, RouteConfig, UpstreamProtocol};
 use crate::envelope::EncryptRequest;

@@ -115,8 +115,8 @@ pub struct Target {
     down_until: AtomicU64,
     /// Idle HTTP/1.1 connections, each with the worker whose runtime drives it.
     idle: Mutex<VecDeque<(usize, http1::SendRequest<ProxyBody>)>>,
-    /// The HTTP/2 connection of each worker that has one.
-    h2: tokio::sync::Mutex<Vec<(usize, http2::SendRequest<ProxyBody>)>>,
+    /// Each worker's HTTP/2 connection slot (at most one per worker).
+    h2: Mutex<Vec<(usize, Arc<H2Slot>)>>,
 }
 
 /// A response from a target, and the target that gave it.
@@ -168,7 +168,7 @@ impl Pool {
                     address: address.clone(),
                     down_until: AtomicU64::new(0),
                     idle: Mutex::new(VecDeque::new()),
-                    h2: tokio::sync::Mutex::new(Vec::new()),
+                    h2: Mutex::new(Vec::new()),
                 })
             })
             .collect();
@@ -317,15 +317,16 @@ impl Pool {
         target: &Arc<Target>,
         request: http::Request<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, UpstreamError> {
-        let here = super::workers::current();
+        // Only this worker's requests wait here while its connection is (re)opened: the
+        // others have their own slots.
+        let slot = target.h2_slot();
         let mut sender = {
-            let mut connections = target.h2.lock().await;
-            connections.retain(|(_, sender)| !sender.is_closed());
-            match connections.iter().find(|(worker, _)| *worker == here) {
-                Some((_, sender)) => sender.clone(),
-                None => {
+            let mut connection = slot.lock().await;
+            match connection.as_ref() {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
                     let sender = self.connect_h2(target).await?;
-                    connections.push((here, sender.clone()));
+                    *connection = Some(sender.clone());
                     sender
                 }
             }
@@ -411,7 +412,23 @@ impl Pool {
     }
 }
 
+/// A worker's HTTP/2 connection to a target; the lock makes one request open it while the
+/// worker's others wait for it.
+type H2Slot = tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>;
+
 impl Target {
+    /// The calling worker's HTTP/2 connection slot, made on first use.
+    fn h2_slot(&self) -> Arc<H2Slot> {
+        let here = super::workers::current();
+        let mut slots = self.h2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, slot)) = slots.iter().find(|(worker, _)| *worker == here) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(H2Slot::new(None));
+        slots.push((here, Arc::clone(&slot)));
+        slot
+    }
+
     /// The calling worker's most recently used idle connection that is ready for a request,
     /// else its most recently used one not known to be closed (its connection may still be
     /// finishing the last response: the caller waits on `ready()`), if any. Another worker's

@@ -146,7 +146,7 @@ pub async fn serve(
         None => None,
     };
     let drain = Arc::new(Drain::new());
-    let workers = Workers::start(config.proxy.workers)
+    let (workers, worker_threads) = Workers::start(config.proxy.workers)
         .map_err(|e| ServeError(format!("cannot start the proxy's workers: {e}")))?;
     let mut listeners = Listeners::new(
         snapshots_rx,
@@ -239,6 +239,7 @@ pub async fn serve(
     if !drain.finish(drain_timeout).await {
         tracing::warn!(target: "kagi::server", "drain timed out; closing the remaining connections");
     }
+    worker_threads.stop();
     if shared.is_some()
         && let Err(error) = keystore.release_lease("sweeper").await
     {
