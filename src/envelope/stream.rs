@@ -132,12 +132,12 @@ impl PreparedEncryption {
                 .as_be_bytes()
                 .map_err(|_| Error::Internal("P-384 public key encoding failed"))?;
             context.insert(PUBLIC_KEY_CONTEXT_KEY.to_owned(), BASE64.encode(public.as_ref()));
+            // The context grew: it must still fit a header, checked before a data key is made.
+            format::encoded_context_len(&context)?;
             Some(signer)
         } else {
             None
         };
-        // Refuse a context that cannot be written before a data key is made for it.
-        format::encoded_context_len(&context)?;
         Ok(Self { options, context, signer })
     }
 
